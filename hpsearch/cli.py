@@ -1,0 +1,140 @@
+"""The ``hpsearch`` command.
+
+A thin front door: parse arguments, call the package, print. Known problems
+(:class:`~hpsearch.errors.HpsearchError`) become one line on stderr and exit code 2;
+anything else is a bug and keeps its traceback. Heavy imports (TensorFlow) happen
+inside the commands that need them, so ``hpsearch data check`` starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from hpsearch.errors import HpsearchError
+
+EXIT_USER_ERROR = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except HpsearchError as exc:
+        for line in str(exc).splitlines() or ["unknown error"]:
+            print(f"hpsearch: error: {line}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("hpsearch: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hpsearch",
+        description="Hyperparameter search for medical image segmentation (Ray Tune, Optuna, MLflow).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train one configuration of a job")
+    train.add_argument("job", type=Path, help="job YAML file")
+    train.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a hyperparameter (learning_rate=3e-4) or any dotted key "
+        "(dataset.image_size=[64,64]); repeatable",
+    )
+    train.add_argument("--threads", type=int, help="TensorFlow intra-op threads (default: job's runtime)")
+    train.add_argument("--out", type=Path, help="save the final training state into this folder")
+    train.set_defaults(func=_cmd_train)
+
+    data = commands.add_parser("data", help="inspect or generate datasets").add_subparsers(
+        dest="data_command", required=True, metavar="SUBCOMMAND"
+    )
+    check = data.add_parser("check", help="print a dataset's fingerprint and every defect")
+    check.add_argument("directory", type=Path, help="dataset folder (MSD or nnU-Net v2 layout)")
+    check.add_argument("--json", action="store_true", help="print the fingerprint as JSON")
+    check.set_defaults(func=_cmd_data_check)
+
+    synth = data.add_parser("synth", help="write a synthetic NIfTI dataset in MSD layout")
+    synth.add_argument("--kind", required=True, choices=["lv", "brats"])
+    synth.add_argument("--cases", type=int, default=24)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--out", type=Path, required=True, help="new folder to create")
+    synth.set_defaults(func=_cmd_data_synth)
+    return parser
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from hpsearch.runtime import quiet_tensorflow
+
+    quiet_tensorflow()
+    from hpsearch.data import load_dataset
+    from hpsearch.runtime import configure_tensorflow
+    from hpsearch.spec import load_job
+
+    job = load_job(args.job, args.overrides)
+    runtime = job.runtime
+    if args.threads is not None:
+        if args.threads < 1:
+            raise HpsearchError(f"--threads {args.threads}: must be at least 1")
+        runtime = runtime.model_copy(update={"intra_op_threads": args.threads})
+    if args.out is not None and args.out.exists() and any(args.out.iterdir()):
+        raise HpsearchError(f"--out {args.out}: folder exists and is not empty; choose a new one")
+
+    started = time.perf_counter()
+    data, from_cache = load_dataset(job.dataset)
+    info = data.info
+    print(
+        f"data: {len(data.train_x)} training slices from {len(info['train_cases'])} cases, "
+        f"{len(data.val_x)} validation slices from {len(info['val_cases'])} cases, "
+        f"input {data.input_shape}, classes {data.class_names} "
+        f"({'cache' if from_cache else 'preprocessed'} in {time.perf_counter() - started:.1f}s)",
+        flush=True,
+    )
+    configure_tensorflow(runtime)
+    from hpsearch.trainer import Trainer
+
+    trainer = Trainer(data, job.model, job.trial_params(), seed=runtime.seed)
+    shown = ", ".join(f"{k}={v}" for k, v in trainer.params.model_dump().items())
+    print(f"train: {job.model} ({trainer.model.count_params():,} weights) with {shown}", flush=True)
+    trainer.fit(on_epoch=lambda result: print(result.format(), flush=True))
+    best = next(h for h in trainer.history if h["epoch"] == trainer.best_epoch)
+    per_class = ", ".join(f"{k[9:]}={v:.4f}" for k, v in best.items() if k.startswith("val_dice_"))
+    print(f"best epoch {trainer.best_epoch}: val_dice {trainer.best_val_dice:.4f} ({per_class})")
+    if args.out is not None:
+        print(f"state saved to {trainer.save(args.out)}")
+    return 0
+
+
+def _cmd_data_check(args: argparse.Namespace) -> int:
+    from hpsearch.data import check_dataset
+
+    report = check_dataset(args.directory)
+    if args.json:
+        print(json.dumps(report.fingerprint.to_dict(), indent=2))
+    else:
+        print(report.format())
+    for defect in report.defects:
+        print(f"hpsearch: defect: {defect}", file=sys.stderr)
+    if report.defects:
+        print(f"hpsearch: error: {len(report.defects)} defect(s) found in {args.directory}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    print("no defects found")
+    return 0
+
+
+def _cmd_data_synth(args: argparse.Namespace) -> int:
+    from hpsearch.data import synthesize
+
+    started = time.perf_counter()
+    out = synthesize(args.kind, args.out, args.cases, args.seed)
+    print(f"wrote {args.cases} {args.kind} cases to {out} in {time.perf_counter() - started:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""On-disk cache of preprocessed arrays, safe for concurrent readers.
+
+Decoding NIfTI and resampling is the slow part of starting a trial; a search starts
+many. The cache entry is keyed by a digest of the dataset's *content* (dataset.json
+and every file a case uses) and of the preprocessing settings, so editing a label
+file or changing ``image_size`` makes a new entry while renaming the folder does not.
+
+Concurrency: the first process to miss takes a file lock and writes the entry into a
+temporary folder, then renames it into place (atomic on one filesystem). Others wait
+on the lock and then read the finished entry; readers without the lock only ever see
+complete entries. Arrays are ``.npy`` files opened memory-mapped, so several trials on
+one node share the page cache instead of each holding a copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from filelock import FileLock
+
+from hpsearch.data.config import PreprocessConfig
+from hpsearch.data.layouts import DatasetIndex
+from hpsearch.data.preprocess import PreparedData, prepare
+from hpsearch.errors import HpsearchError
+
+# Bump when preprocessing code changes what it produces for the same settings.
+PREPROCESS_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    """``$HPSEARCH_CACHE_DIR``, else ``$XDG_CACHE_HOME/hpsearch``, else ``~/.cache/hpsearch``."""
+    if os.environ.get("HPSEARCH_CACHE_DIR"):
+        return Path(os.environ["HPSEARCH_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "hpsearch"
+
+
+def dataset_digest(index: DatasetIndex) -> str:
+    """SHA-256 over dataset.json and the bytes of every case file, in case order."""
+    digest = hashlib.sha256()
+    files = [index.manifest, *(p for case in index.cases for p in (*case.images, case.label))]
+    for path in files:
+        # Relative names: the same data in another folder is the same entry.
+        name = path.relative_to(index.root) if path.is_relative_to(index.root) else path
+        digest.update(str(name).encode())
+        if path.is_file():
+            with path.open("rb") as handle:
+                digest.update(hashlib.file_digest(handle, "sha256").digest())
+    return digest.hexdigest()
+
+
+def cache_key(digest: str, config: PreprocessConfig) -> str:
+    settings = json.dumps(config.model_dump(mode="json"), sort_keys=True)
+    key = hashlib.sha256(f"{PREPROCESS_VERSION}|{digest}|{settings}".encode()).hexdigest()
+    return key[:24]
+
+
+def save_prepared(data: PreparedData, directory: Path) -> None:
+    """Write arrays and info into a new folder (the caller renames it into place)."""
+    directory.mkdir(parents=True)
+    for name in PreparedData.ARRAYS:
+        np.save(directory / f"{name}.npy", getattr(data, name))
+    (directory / "info.json").write_text(json.dumps(data.info, indent=2))
+
+
+def load_prepared(directory: Path, *, mmap: bool = True) -> PreparedData:
+    """Open a cache entry; arrays are memory-mapped read-only unless ``mmap=False``."""
+    mode = "r" if mmap else None
+    arrays = {name: np.load(directory / f"{name}.npy", mmap_mode=mode) for name in PreparedData.ARRAYS}
+    return PreparedData(**arrays, info=json.loads((directory / "info.json").read_text()))
+
+
+def prepare_cached(
+    index: DatasetIndex, config: PreprocessConfig, cache_dir: Path | None = None
+) -> tuple[PreparedData, bool]:
+    """Preprocessed data from the cache, computing and storing it on a miss.
+
+    Returns:
+        The data and whether it came from the cache.
+    """
+    cache_dir = Path(cache_dir or default_cache_dir())
+    if cache_dir.resolve().is_relative_to(index.root.resolve()):
+        raise HpsearchError(
+            f"cache_dir {cache_dir} is inside the dataset folder {index.root}; hpsearch never "
+            "writes there, choose another dataset.cache_dir"
+        )
+    digest = dataset_digest(index)
+    entry = cache_dir / f"{_safe_name(index.root.name)}-{cache_key(digest, config)}"
+    if entry.is_dir():
+        return load_prepared(entry), True
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(entry) + ".lock"):
+        if entry.is_dir():  # another process finished it while we waited
+            return load_prepared(entry), True
+        data = prepare(index, config, digest=digest)
+        staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=cache_dir))
+        try:
+            save_prepared(data, staging / "entry")
+            os.rename(staging / "entry", entry)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return load_prepared(entry), False
+
+
+def _safe_name(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name) or "dataset"

@@ -1,0 +1,220 @@
+"""Dataset layouts on disk: the Medical Segmentation Decathlon and nnU-Net v2 raw.
+
+Both keep a ``dataset.json`` beside ``imagesTr/`` and ``labelsTr/``; they differ in
+how channels and labels are declared:
+
+* **MSD**: ``modality`` ``{"0": "T1", ...}``, ``labels`` ``{"0": "background", ...}``
+  (value -> name), ``training: [{"image": ..., "label": ...}]``; multi-channel
+  images are 4D with channels on the last axis.
+* **nnU-Net v2**: ``channel_names`` ``{"0": "T1", ...}``, ``labels``
+  ``{"background": 0, ...}`` (name -> value), ``file_ending``; one file per channel,
+  ``imagesTr/CASE_0000.nii.gz``, ``CASE_0001.nii.gz``, ...
+
+:func:`read_index` turns either into a :class:`DatasetIndex`: the list of cases with
+their files, the channel names and the label declaration. It reads only
+``dataset.json`` and directory listings; the volumes are read by
+:mod:`hpsearch.data.volumes`.
+
+Example:
+    >>> index = read_index("data/demo-lv")          # doctest: +SKIP
+    >>> index.class_names, index.label_values       # doctest: +SKIP
+    (('background', 'LV'), (0, 1))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from hpsearch.errors import HpsearchError
+
+NIFTI_ENDINGS = (".nii.gz", ".nii")
+
+
+@dataclasses.dataclass(frozen=True)
+class CaseFiles:
+    """The files of one training case.
+
+    Attributes:
+        case_id: Identifier, unique within the dataset (file name without ending).
+        images: One 3D/4D file (MSD) or one 3D file per channel (nnU-Net v2).
+        label: The label map.
+    """
+
+    case_id: str
+    images: tuple[Path, ...]
+    label: Path
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetIndex:
+    """What a dataset declares, and where its files are.
+
+    Attributes:
+        root: The dataset folder (read-only to hpsearch).
+        layout: ``"msd"`` or ``"nnunetv2"``.
+        channel_names: One name per input channel, in channel order.
+        label_values: Declared label values in ascending order; class index ``i``
+            of a model output stands for ``label_values[i]`` (BraTS: 0, 1, 2, 4).
+        class_names: The name of each class, aligned with ``label_values``.
+        cases: The training cases.
+    """
+
+    root: Path
+    layout: str
+    channel_names: tuple[str, ...]
+    label_values: tuple[int, ...]
+    class_names: tuple[str, ...]
+    cases: tuple[CaseFiles, ...]
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "dataset.json"
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_values)
+
+
+def read_index(root: str | Path) -> DatasetIndex:
+    """Read ``dataset.json`` of an MSD or nnU-Net v2 dataset folder.
+
+    Raises:
+        HpsearchError: The folder or its ``dataset.json`` is missing or malformed.
+    """
+    root = Path(root)
+    manifest = root / "dataset.json"
+    if not root.is_dir():
+        raise HpsearchError(f"{root}: dataset folder not found; check dataset.path in the job file")
+    if not manifest.is_file():
+        raise HpsearchError(
+            f"{manifest}: missing; a dataset needs a dataset.json in MSD or nnU-Net v2 layout"
+        )
+    try:
+        declared = json.loads(manifest.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise HpsearchError(f"{manifest}: not readable JSON ({exc})") from None
+    if not isinstance(declared, dict):
+        raise HpsearchError(f"{manifest}: expected a JSON object at the top level")
+    if "channel_names" in declared:
+        return _read_nnunet(root, manifest, declared)
+    if "modality" in declared:
+        return _read_msd(root, manifest, declared)
+    raise HpsearchError(
+        f"{manifest}: neither MSD ('modality', 'training') nor nnU-Net v2 ('channel_names', "
+        "'file_ending') keys found"
+    )
+
+
+def _read_msd(root: Path, manifest: Path, declared: dict[str, Any]) -> DatasetIndex:
+    channel_names = _channels(manifest, declared, "modality")
+    labels = _require(manifest, declared, "labels", dict)
+    values_to_names = {_int_key(manifest, "labels", k): str(v) for k, v in labels.items()}
+    training = _require(manifest, declared, "training", list)
+    cases = []
+    for position, entry in enumerate(training):
+        if not isinstance(entry, dict) or not {"image", "label"} <= entry.keys():
+            raise HpsearchError(
+                f"{manifest}: training[{position}] must be an object with 'image' and 'label'"
+            )
+        image = _resolve(root, entry["image"])
+        cases.append(CaseFiles(_case_id(image), (image,), _resolve(root, entry["label"])))
+    return _index(root, "msd", manifest, channel_names, values_to_names, cases)
+
+
+def _read_nnunet(root: Path, manifest: Path, declared: dict[str, Any]) -> DatasetIndex:
+    channel_names = _channels(manifest, declared, "channel_names")
+    labels = _require(manifest, declared, "labels", dict)
+    values_to_names: dict[int, str] = {}
+    for name, value in labels.items():
+        if isinstance(value, (list, tuple)):
+            raise HpsearchError(
+                f"{manifest}: labels.{name} is a region (a list of values); region-based "
+                "training is not supported, declare one integer value per label"
+            )
+        values_to_names[_int_key(manifest, f"labels.{name}", value)] = str(name)
+    ending = _require(manifest, declared, "file_ending", str)
+    images_dir, labels_dir = root / "imagesTr", root / "labelsTr"
+    if not images_dir.is_dir():
+        raise HpsearchError(f"{images_dir}: missing; nnU-Net v2 keeps training images there")
+    channel_file = re.compile(rf"^(?P<case>.+)_(?P<channel>\d{{4}}){re.escape(ending)}$")
+    by_case: dict[str, dict[int, Path]] = {}
+    for path in sorted(images_dir.iterdir()):
+        match = channel_file.match(path.name)
+        if match:
+            by_case.setdefault(match["case"], {})[int(match["channel"])] = path
+    cases = []
+    for case_id, channel_files in sorted(by_case.items()):
+        # A missing channel file keeps its expected name so `data check` can report it.
+        images = tuple(
+            channel_files.get(c, images_dir / f"{case_id}_{c:04d}{ending}")
+            for c in range(len(channel_names))
+        )
+        cases.append(CaseFiles(case_id, images, labels_dir / f"{case_id}{ending}"))
+    return _index(root, "nnunetv2", manifest, channel_names, values_to_names, cases)
+
+
+def _index(
+    root: Path,
+    layout: str,
+    manifest: Path,
+    channel_names: tuple[str, ...],
+    values_to_names: dict[int, str],
+    cases: list[CaseFiles],
+) -> DatasetIndex:
+    if 0 not in values_to_names:
+        raise HpsearchError(f"{manifest}: labels must declare the background value 0")
+    if len(values_to_names) < 2:
+        raise HpsearchError(f"{manifest}: labels must declare at least one foreground class")
+    values = tuple(sorted(values_to_names))
+    return DatasetIndex(
+        root=root,
+        layout=layout,
+        channel_names=channel_names,
+        label_values=values,
+        class_names=tuple(values_to_names[v] for v in values),
+        cases=tuple(cases),
+    )
+
+
+def _require(manifest: Path, declared: dict[str, Any], key: str, kind: type) -> Any:
+    if key not in declared:
+        raise HpsearchError(f"{manifest}: key '{key}' is missing")
+    value = declared[key]
+    if not isinstance(value, kind):
+        raise HpsearchError(f"{manifest}: key '{key}' must be a {kind.__name__}")
+    return value
+
+
+def _channels(manifest: Path, declared: dict[str, Any], key: str) -> tuple[str, ...]:
+    channels = _require(manifest, declared, key, dict)
+    order = sorted((_int_key(manifest, key, k), str(v)) for k, v in channels.items())
+    if [index for index, _ in order] != list(range(len(order))) or not order:
+        raise HpsearchError(f"{manifest}: '{key}' must number channels 0, 1, 2, ... without gaps")
+    return tuple(name for _, name in order)
+
+
+def _int_key(manifest: Path, where: str, raw: Any) -> int:
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise HpsearchError(f"{manifest}: {where}: '{raw}' is not an integer") from None
+    if str(raw).strip() != str(value) or value < 0:
+        raise HpsearchError(f"{manifest}: {where}: '{raw}' is not a non-negative integer")
+    return value
+
+
+def _resolve(root: Path, relative: str) -> Path:
+    # MSD writes "./imagesTr/x.nii.gz"; pathlib drops the "./" and keeps absolute paths.
+    return root / relative
+
+
+def _case_id(path: Path) -> str:
+    name = path.name
+    for ending in NIFTI_ENDINGS:
+        if name.endswith(ending):
+            return name[: -len(ending)]
+    return path.stem

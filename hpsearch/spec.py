@@ -1,0 +1,156 @@
+"""Job files: the YAML a user writes, validated before any work starts.
+
+A job names a dataset and how to preprocess it, a model family, default
+hyperparameters, and process settings::
+
+    name: demo-lv
+    dataset: {path: data/demo-lv, synthetic: lv, image_size: [64, 64]}
+    model: unet
+    params: {learning_rate: 1.0e-3, epochs: 20, depth: 4}
+
+Unknown keys and bad values are refused with the file, the key and the reason
+(:class:`~hpsearch.errors.HpsearchError`, one line per problem). Relative paths are
+relative to the working directory, where ``hpsearch`` is run.
+
+Example:
+    >>> job = load_job("jobs/demo.yaml", overrides=["learning_rate=3e-4"])  # doctest: +SKIP
+    >>> job.trial_params().learning_rate                                     # doctest: +SKIP
+    0.0003
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from hpsearch.data.config import DatasetConfig
+from hpsearch.errors import HpsearchError
+from hpsearch.params import validate_params
+from hpsearch.runtime import RuntimeConfig
+
+
+class Job(BaseModel):
+    """A validated job file.
+
+    Attributes:
+        name: Identifier used for output folders and MLflow experiments.
+        dataset: Data location and preprocessing.
+        model: Model family: ``unet`` or ``fcn``.
+        params: Default hyperparameters (training and model options, flat).
+        runtime: Threads, precision, seed.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
+    dataset: DatasetConfig
+    model: Literal["unet", "fcn"]
+    params: dict[str, Any] = Field(default_factory=dict)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    def trial_params(self) -> BaseModel:
+        """The job's hyperparameters with every default filled in."""
+        return validate_params(self.model, self.params)
+
+
+def load_job(path: str | Path, overrides: Iterable[str] = ()) -> Job:
+    """Read and validate a job file, applying ``key=value`` overrides first.
+
+    An override key without a dot names a hyperparameter (``learning_rate=3e-4``
+    sets ``params.learning_rate``); a dotted key names any field
+    (``dataset.image_size=[64,64]``). Values are parsed as YAML.
+
+    Raises:
+        HpsearchError: Unreadable file, bad YAML, unknown keys or bad values.
+    """
+    path = Path(path)
+    raw = read_yaml(path)
+    for override in overrides:
+        _apply_override(raw, override, path)
+    try:
+        job = Job.model_validate(raw)
+    except ValidationError as exc:
+        raise HpsearchError(format_validation_error(path, exc)) from None
+    try:
+        job.trial_params()
+    except ValidationError as exc:
+        raise HpsearchError(format_validation_error(path, exc, prefix="params")) from None
+    return job
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A YAML mapping from ``path``, or an :class:`HpsearchError` saying why not."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise HpsearchError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise HpsearchError(f"{path}: cannot read ({exc})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise HpsearchError(f"{path}:{where}: invalid YAML: {problem}") from None
+    if not isinstance(raw, dict):
+        raise HpsearchError(f"{path}: expected a mapping of keys at the top level")
+    return raw
+
+
+def format_validation_error(path: Path, exc: ValidationError, prefix: str = "") -> str:
+    """One line per problem: ``file: key.path: reason (got value)``."""
+    lines = []
+    for error in exc.errors():
+        parts = [prefix] if prefix else []
+        parts += [str(part) for part in error["loc"] if not _is_wrapper(part)]
+        location = ".".join(parts)
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown key; check the spelling or remove it"
+        elif "input" in error and error["type"] != "missing" and _short(error["input"]):
+            message = f"{message} (got {error['input']!r})"
+        lines.append(f"{path}: {location or '(top level)'}: {message}")
+    return "\n".join(lines)
+
+
+def _is_wrapper(part: Any) -> bool:
+    # Pydantic adds the validator kind (e.g. "function-after[...]") to some locations.
+    return isinstance(part, str) and ("[" in part or part.startswith("function-"))
+
+
+def _short(value: Any) -> bool:
+    return not isinstance(value, (dict, list)) or len(repr(value)) < 60
+
+
+def _apply_override(raw: dict[str, Any], override: str, path: Path) -> None:
+    key, sep, text = override.partition("=")
+    if not sep or not key.strip():
+        raise HpsearchError(f"--set {override!r}: expected KEY=VALUE, e.g. --set learning_rate=3e-4")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise HpsearchError(f"--set {override!r}: the value is not valid YAML") from None
+    parts = key.strip().split(".")
+    if len(parts) == 1:
+        parts = ["params", *parts]
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise HpsearchError(f"--set {override!r}: {part} in {path} is not a mapping")
+        node = child
+    node[parts[-1]] = _number_or_text(value, text)
+
+
+def _number_or_text(value: Any, text: str) -> Any:
+    # YAML 1.1 reads "3e-4" (no dot) as a string; users mean the number.
+    if isinstance(value, str):
+        try:
+            return float(text) if any(c in text.lower() for c in ".e") else int(text)
+        except ValueError:
+            return value
+    return value

@@ -1,0 +1,305 @@
+"""Training one configuration, one epoch at a time, with savable state.
+
+:class:`Trainer` is what ``hpsearch train`` loops over and what a search trial steps:
+build the model and optimizer from validated hyperparameters, :meth:`train_epoch`
+(fit one pass, then validate per case), :meth:`save` / :meth:`restore` the full
+state (weights, optimizer slots and step, epoch, best Dice and its weights, history).
+It knows nothing of Ray or MLflow; it reads slices from :class:`PreparedData` (which
+may be memory-mapped or shared through an object store) and never copies the
+training set.
+
+Example:
+    >>> trainer = Trainer(data, "unet", {"epochs": 2, "depth": 2})   # doctest: +SKIP
+    >>> while not trainer.done:                                       # doctest: +SKIP
+    ...     print(trainer.train_epoch().format(data.class_names))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import keras
+import numpy as np
+from pydantic import BaseModel
+
+from hpsearch.data.preprocess import PreparedData
+from hpsearch.errors import HpsearchError
+from hpsearch.losses import get_loss
+from hpsearch.metrics import DiceMetric, SegmentationScores
+from hpsearch.models import build_model
+from hpsearch.params import TrainParams, model_options, train_options, validate_params
+
+STATE_FILE = "trainer_state.json"
+_ARRAY_FILES = ("weights.npz", "best_weights.npz", "optimizer.npz")
+
+
+class TrainingDiverged(HpsearchError):
+    """The loss became NaN or infinite; usually the learning rate is too high."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochResult:
+    """What one epoch achieved; :meth:`metrics` is the flat dict a search reports."""
+
+    epoch: int
+    loss: float
+    val_loss: float
+    scores: SegmentationScores
+    learning_rate: float
+    seconds: float
+    class_names: tuple[str, ...]
+
+    @property
+    def val_dice(self) -> float:
+        return self.scores.mean_dice
+
+    def metrics(self) -> dict[str, float]:
+        """``loss``, ``val_loss``, ``val_dice``, ``val_dice_<class>``, ``val_iou``, ``lr``,
+        ``epoch_seconds`` (class names made metric-safe: ``necrotic core`` ->
+        ``necrotic_core``)."""
+        out = {
+            "epoch": self.epoch,
+            "loss": self.loss,
+            "val_loss": self.val_loss,
+            "val_dice": self.val_dice,
+            "val_iou": self.scores.mean_iou,
+            "lr": self.learning_rate,
+            "epoch_seconds": self.seconds,
+        }
+        for name, dice in zip(self.class_names[1:], self.scores.dice[1:]):
+            out[f"val_dice_{metric_name(name)}"] = float(dice)
+        return out
+
+    def format(self) -> str:
+        per_class = " ".join(
+            f"{name}={dice:.4f}" for name, dice in zip(self.class_names[1:], self.scores.dice[1:])
+        )
+        return (
+            f"epoch {self.epoch:3d}  loss {self.loss:.4f}  val_loss {self.val_loss:.4f}  "
+            f"val_dice {self.val_dice:.4f} [{per_class}]  lr {self.learning_rate:.3g}  "
+            f"{self.seconds:.1f}s"
+        )
+
+
+def metric_name(class_name: str) -> str:
+    """A class name as MLflow and Ray accept it in a metric key."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", class_name).strip("_") or "class"
+
+
+class _Batches(keras.utils.PyDataset):
+    """Shuffled batches gathered from (possibly memory-mapped) arrays.
+
+    Gathering per batch keeps memory at one batch, where ``x[permutation]`` would copy
+    the whole training set every epoch.
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, order: np.ndarray):
+        super().__init__()
+        self.x, self.y, self.batch_size, self.order = x, y, batch_size, order
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.order) / self.batch_size)
+
+    def __getitem__(self, index: int):
+        # Sorted within a batch: memory-mapped reads go forward through the file.
+        rows = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
+        return np.asarray(self.x[rows]), np.asarray(self.y[rows])
+
+
+class Trainer:
+    """One configuration of one model family on one prepared dataset.
+
+    Args:
+        data: Preprocessed slices with validation cases.
+        model: Model family name (``unet``, ``fcn``).
+        params: Flat hyperparameters (validated; defaults filled in).
+        seed: Seed of weight initialisation and batch order; with the same seed
+            and data, a restored trainer continues exactly as an uninterrupted one.
+    """
+
+    def __init__(
+        self,
+        data: PreparedData,
+        model: str,
+        params: Mapping[str, Any] | BaseModel,
+        *,
+        seed: int = 0,
+    ):
+        self.data = data
+        self.model_name = model
+        self.params = validate_params(model, params)
+        self.train_params: TrainParams = train_options(self.params)
+        self.seed = seed
+        keras.utils.set_random_seed(seed)
+        self.model = build_model(model, data.input_shape, data.num_classes, **model_options(self.params))
+        p = self.train_params
+        self.schedule = keras.optimizers.schedules.ExponentialDecay(
+            p.learning_rate, decay_steps=p.decay_steps, decay_rate=p.decay_rate, staircase=True
+        )
+        self.optimizer = _make_optimizer(p, self.schedule)
+        self.loss_fn: Callable = get_loss(p.loss)
+        self.model.compile(optimizer=self.optimizer, loss=self.loss_fn)
+        self.epoch = 0
+        self.best_val_dice = -math.inf
+        self.best_epoch = 0
+        self.history: list[dict[str, float]] = []
+        self._best_weights: list[np.ndarray] | None = None
+
+    @property
+    def done(self) -> bool:
+        """Whether the configured number of epochs has been trained."""
+        return self.epoch >= self.train_params.epochs
+
+    def train_epoch(self) -> EpochResult:
+        """Train one pass over the training slices, then validate per case.
+
+        Raises:
+            TrainingDiverged: The training loss is NaN or infinite.
+        """
+        started = time.perf_counter()
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.data.train_x))
+        batches = _Batches(self.data.train_x, self.data.train_y, self.train_params.batch_size, order)
+        history = self.model.fit(
+            batches, initial_epoch=self.epoch, epochs=self.epoch + 1, verbose=0, shuffle=False
+        )
+        loss = float(history.history["loss"][-1])
+        self.epoch += 1
+        if not math.isfinite(loss):
+            raise TrainingDiverged(
+                f"training diverged at epoch {self.epoch} (loss is {loss}); lower learning_rate "
+                f"(now {self.train_params.learning_rate:g}) or use loss ce_dice"
+            )
+        val_loss, scores = self.evaluate()
+        result = EpochResult(
+            epoch=self.epoch,
+            loss=loss,
+            val_loss=val_loss,
+            scores=scores,
+            learning_rate=float(self.schedule(self.optimizer.iterations)),
+            seconds=time.perf_counter() - started,
+            class_names=tuple(self.data.class_names),
+        )
+        if result.val_dice > self.best_val_dice:
+            self.best_val_dice, self.best_epoch = result.val_dice, self.epoch
+            self._best_weights = self.model.get_weights()
+        self.history.append(result.metrics())
+        return result
+
+    def evaluate(self) -> tuple[float, SegmentationScores]:
+        """Validation loss (mean over slices) and per-case Dice/IoU."""
+        data = self.data
+        metric = DiceMetric(data.num_classes)
+        batch = max(self.train_params.batch_size, 32)
+        predictions = np.empty(data.val_y.shape, np.uint8)
+        loss_sum = 0.0
+        for start in range(0, len(data.val_x), batch):
+            x = np.asarray(data.val_x[start : start + batch])
+            y = np.asarray(data.val_y[start : start + batch])
+            logits = self.model.predict_on_batch(x)
+            loss_sum += float(self.loss_fn(y, logits)) * len(x)
+            predictions[start : start + len(x)] = np.argmax(logits, axis=-1)
+        metric.update_slices(predictions, np.asarray(data.val_y), np.asarray(data.val_case))
+        return loss_sum / max(len(data.val_x), 1), metric.aggregate()
+
+    def fit(self, on_epoch: Callable[[EpochResult], None] | None = None) -> float:
+        """Train the remaining epochs; return the best validation Dice."""
+        while not self.done:
+            result = self.train_epoch()
+            if on_epoch:
+                on_epoch(result)
+        return self.best_val_dice
+
+    def use_best_weights(self) -> None:
+        """Load the weights of the epoch with the best validation Dice."""
+        if self._best_weights is not None:
+            self.model.set_weights(self._best_weights)
+
+    # -- state ---------------------------------------------------------------
+
+    def save(self, directory: str | Path) -> Path:
+        """Write the full training state into ``directory`` (created if needed).
+
+        Each file is written under a temporary name and renamed; the state file goes
+        last, so a folder with ``trainer_state.json`` is always complete.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        arrays = {
+            "weights.npz": self.model.get_weights(),
+            "best_weights.npz": self._best_weights or self.model.get_weights(),
+            "optimizer.npz": [np.asarray(v) for v in self.optimizer.variables],
+        }
+        for name, values in arrays.items():
+            _atomic_write(directory / name, lambda f, v=values: np.savez(f, *v))
+        state = {
+            "model": self.model_name,
+            "params": self.params.model_dump(),
+            "seed": self.seed,
+            "epoch": self.epoch,
+            "best_val_dice": self.best_val_dice if self._best_weights is not None else None,
+            "best_epoch": self.best_epoch,
+            "history": self.history,
+            "data_digest": self.data.info.get("digest", ""),
+        }
+        _atomic_write(directory / STATE_FILE, lambda f: f.write(json.dumps(state, indent=2).encode()))
+        return directory
+
+    def restore(self, directory: str | Path) -> None:
+        """Load a state written by :meth:`save` into this trainer.
+
+        Raises:
+            HpsearchError: The folder holds no complete state, or one of another
+                model family.
+        """
+        directory = Path(directory)
+        state_file = directory / STATE_FILE
+        if not state_file.is_file():
+            raise HpsearchError(f"{directory}: no {STATE_FILE}; not a complete trainer checkpoint")
+        state = json.loads(state_file.read_text())
+        if state["model"] != self.model_name:
+            raise HpsearchError(
+                f"{directory}: checkpoint of model '{state['model']}', trainer is '{self.model_name}'"
+            )
+        self.model.set_weights(_load_arrays(directory / "weights.npz"))
+        if not self.optimizer.built:
+            self.optimizer.build(self.model.trainable_variables)
+        for variable, value in zip(self.optimizer.variables, _load_arrays(directory / "optimizer.npz")):
+            variable.assign(value)
+        self.epoch = state["epoch"]
+        self.best_epoch = state["best_epoch"]
+        has_best = state["best_val_dice"] is not None
+        self.best_val_dice = state["best_val_dice"] if has_best else -math.inf
+        self._best_weights = _load_arrays(directory / "best_weights.npz") if has_best else None
+        self.history = list(state["history"])
+
+
+def _make_optimizer(p: TrainParams, schedule) -> keras.optimizers.Optimizer:
+    decay = p.weight_decay or None
+    if p.optimizer == "adam":
+        return keras.optimizers.Adam(schedule, weight_decay=decay)
+    if p.optimizer == "adamw":
+        return keras.optimizers.AdamW(schedule, weight_decay=p.weight_decay)
+    if p.optimizer == "sgd":
+        return keras.optimizers.SGD(schedule, momentum=p.momentum, nesterov=True, weight_decay=decay)
+    return keras.optimizers.RMSprop(schedule, momentum=p.momentum, weight_decay=decay)
+
+
+def _atomic_write(path: Path, write: Callable) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    with partial.open("wb") as handle:
+        write(handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, path)
+
+
+def _load_arrays(path: Path) -> list[np.ndarray]:
+    with np.load(path) as archive:
+        return [archive[f"arr_{i}"] for i in range(len(archive.files))]

@@ -174,7 +174,8 @@ class Trainer:
         if not math.isfinite(loss):
             raise TrainingDiverged(
                 f"training diverged at epoch {self.epoch} (loss is {loss}); lower learning_rate "
-                f"(now {self.train_params.learning_rate:g}) or use loss ce_dice"
+                f"(now {self.train_params.learning_rate:g}) or look for NaN/inf in the data "
+                "with `hpsearch data check`"
             )
         val_loss, scores = self.evaluate()
         result = EpochResult(

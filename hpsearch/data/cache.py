@@ -91,22 +91,25 @@ def prepare_cached(
             "writes there, choose another dataset.cache_dir"
         )
     digest = dataset_digest(index)
-    entry = cache_dir / f"{_safe_name(index.root.name)}-{cache_key(digest, config)}"
-    if entry.is_dir():
-        return load_prepared(entry), True
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(entry) + ".lock"):
-        if entry.is_dir():  # another process finished it while we waited
-            return load_prepared(entry), True
-        data = prepare(index, config, digest=digest)
-        staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=cache_dir))
-        try:
-            save_prepared(data, staging / "entry")
-            os.rename(staging / "entry", entry)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    return load_prepared(entry), False
+    # Named by content alone: the same data in another folder shares the entry.
+    entry = cache_dir / f"prepared-{cache_key(digest, config)}"
+    hit = entry.is_dir()
+    if not hit:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(entry) + ".lock"):
+            hit = entry.is_dir()  # another process may have finished it while we waited
+            if not hit:
+                _build(index, config, digest, entry)
+    data = load_prepared(entry)
+    data.info["dataset"] = str(index.root)
+    return data, hit
 
 
-def _safe_name(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name) or "dataset"
+def _build(index: DatasetIndex, config: PreprocessConfig, digest: str, entry: Path) -> None:
+    data = prepare(index, config, digest=digest)
+    staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+    try:
+        save_prepared(data, staging / "entry")
+        os.rename(staging / "entry", entry)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

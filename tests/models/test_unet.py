@@ -232,12 +232,14 @@ def test_bad_shapes_raise_value_error(input_shape, num_classes):
 
 
 def test_tiny_training_run_reduces_loss():
+    # Batch norm keeps this tiny ReLU net out of the dead, constant-output
+    # start that some seeds give without it, so the check is seed-robust.
     keras.utils.set_random_seed(0)
     images = np.random.default_rng(4).normal(size=(8, 32, 32, 1)).astype("float32")
     labels = (images[..., 0] > 0).astype("int32")
-    model = build_unet((32, 32, 1), 2, depth=2, base_filters=4)
+    model = build_unet((32, 32, 1), 2, depth=2, base_filters=4, norm="batch")
     model.compile(optimizer=keras.optimizers.Adam(1e-2),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    history = model.fit(images, labels, batch_size=4, epochs=8, verbose=0)
+    history = model.fit(images, labels, batch_size=2, epochs=10, verbose=0)
     losses = history.history["loss"]
     assert losses[-1] < 0.7 * losses[0], losses

@@ -1,0 +1,66 @@
+"""The preprocessing cache: hits, keys, concurrent writers, and the dataset left alone."""
+
+from __future__ import annotations
+
+import multiprocessing
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import snapshot
+
+from hpsearch.data import PreprocessConfig, prepare_cached, read_index
+from hpsearch.errors import HpsearchError
+
+CONFIG = PreprocessConfig(image_size=(32, 32), val_fraction=0.25)
+
+
+def test_second_call_is_a_memory_mapped_hit(lv_small, tmp_path):
+    index = read_index(lv_small)
+    before = snapshot(lv_small)
+    first, hit1 = prepare_cached(index, CONFIG, tmp_path)
+    second, hit2 = prepare_cached(index, CONFIG, tmp_path)
+    assert (hit1, hit2) == (False, True)
+    assert isinstance(second.train_x, np.memmap)
+    np.testing.assert_array_equal(first.train_x, second.train_x)
+    assert second.info == first.info
+    assert snapshot(lv_small) == before
+    assert len([p for p in tmp_path.iterdir() if p.is_dir()]) == 1
+
+
+def test_key_follows_settings_and_content_not_folder_name(lv_small, tmp_path):
+    cache = tmp_path / "cache"
+    prepare_cached(read_index(lv_small), CONFIG, cache)
+    _, hit = prepare_cached(read_index(lv_small), CONFIG.model_copy(update={"image_size": (16, 16)}), cache)
+    assert not hit
+    copy = shutil.copytree(lv_small, tmp_path / "renamed")
+    _, hit = prepare_cached(read_index(copy), CONFIG, cache)
+    assert hit, "same content in another folder should reuse the entry"
+    label = copy / "labelsTr" / "lv_000.nii.gz"
+    img = nib.load(label)
+    data = np.asarray(img.dataobj).copy()
+    data[0, 0, 0] = 1 - data[0, 0, 0]
+    nib.save(nib.Nifti1Image(data, img.affine, img.header), label)
+    _, hit = prepare_cached(read_index(copy), CONFIG, cache)
+    assert not hit, "an edited label file must not be served from the cache"
+
+
+def _worker(args):
+    root, cache = args
+    data, hit = prepare_cached(read_index(root), CONFIG, cache)
+    return hit, float(np.asarray(data.train_x).sum())
+
+
+def test_concurrent_processes_build_once_and_agree(lv_small, tmp_path):
+    with multiprocessing.get_context("spawn").Pool(3) as pool:
+        results = pool.map(_worker, [(lv_small, tmp_path)] * 3)
+    assert sum(not hit for hit, _ in results) == 1, results
+    assert len({total for _, total in results}) == 1
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert leftovers == [], leftovers
+
+
+def test_cache_inside_dataset_is_refused(lv_small):
+    with pytest.raises(HpsearchError, match="never writes there"):
+        prepare_cached(read_index(lv_small), CONFIG, lv_small / "cache")

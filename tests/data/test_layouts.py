@@ -1,0 +1,92 @@
+"""MSD and nnU-Net v2 layouts read from real files; label declarations to classes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import tissue_case, write_msd, write_nnunet
+
+from hpsearch.data import load_case, read_index
+from hpsearch.errors import HpsearchError
+
+
+def test_msd_brats_labels_map_to_contiguous_classes(brats_small):
+    index = read_index(brats_small)
+    assert index.layout == "msd"
+    assert index.channel_names == ("T1", "T1ce", "T2", "FLAIR")
+    assert index.label_values == (0, 1, 2, 4)
+    assert index.class_names == ("background", "necrotic core", "edema", "enhancing tumour")
+    volumes = load_case(index, index.cases[0])
+    assert volumes.image.shape == (32, 32, 8, 4)
+    assert set(np.unique(volumes.label)) == {0, 1, 2, 3}  # value 4 is class index 3
+    assert volumes.label_counts.keys() == {0, 1, 2, 4}
+
+
+def test_nnunet_v2_layout_stacks_channel_files(tmp_path):
+    rng = np.random.default_rng(0)
+    cases = []
+    for _ in range(2):
+        image = rng.normal(size=(12, 10, 3, 2)).astype(np.float32)
+        label = rng.choice([0, 1, 3], size=(12, 10, 3)).astype(np.uint8)
+        cases.append((image, label))
+    root = write_nnunet(tmp_path / "Dataset001_X", cases, {"background": 0, "a": 1, "b": 3}, ["T2", "ADC"])
+    index = read_index(root)
+    assert index.layout == "nnunetv2"
+    assert [c.case_id for c in index.cases] == ["pat000", "pat001"]
+    assert index.class_names == ("background", "a", "b") and index.label_values == (0, 1, 3)
+    volumes = load_case(index, index.cases[1])
+    np.testing.assert_allclose(volumes.image, cases[1][0])
+    np.testing.assert_array_equal(volumes.label, np.searchsorted([0, 1, 3], cases[1][1]))
+
+
+def test_odd_size_float_three_tissues(tmp_path):
+    rng = np.random.default_rng(1)
+    root = write_msd(tmp_path / "brain", [tissue_case(rng)], {0: "bg", 1: "csf", 2: "gm", 3: "wm"})
+    index = read_index(root)
+    volumes = load_case(index, index.cases[0])
+    assert volumes.image.shape == (197, 233, 5, 1)
+    assert volumes.spacing == (1.5, 1.5, 4.0)
+
+
+@pytest.mark.parametrize(
+    "manifest, message",
+    [
+        ("{not json", "not readable JSON"),
+        ("[]", "JSON object"),
+        ('{"foo": 1}', "neither MSD"),
+        ('{"modality": {"0": "MRI"}, "training": []}', "'labels' is missing"),
+        ('{"modality": {"0": "MRI"}, "labels": {"1": "LV"}, "training": []}', "background value 0"),
+        ('{"modality": {"0": "MRI"}, "labels": {"0": "bg", "x": "LV"}, "training": []}', "'x' is not"),
+        ('{"modality": {"1": "MRI"}, "labels": {"0": "bg", "1": "LV"}, "training": []}', "without gaps"),
+        ('{"modality": {"0": "MRI"}, "labels": {"0": "bg", "1": "LV"}, "training": [{"image": "a"}]}',
+         "training[0]"),
+        ('{"channel_names": {"0": "CT"}, "labels": {"background": 0, "r": [1, 2]}, "file_ending": ".nii.gz"}',
+         "region"),
+    ],
+)
+def test_malformed_manifest_is_one_clear_error(tmp_path, manifest, message):
+    (tmp_path / "dataset.json").write_text(manifest)
+    with pytest.raises(HpsearchError, match=None) as info:
+        read_index(tmp_path)
+    assert message in str(info.value)
+    assert str(tmp_path / "dataset.json") in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_folder_and_manifest(tmp_path):
+    with pytest.raises(HpsearchError, match="dataset folder not found"):
+        read_index(tmp_path / "nope")
+    with pytest.raises(HpsearchError, match="dataset.json: missing"):
+        read_index(tmp_path)
+
+
+def test_msd_paths_without_dot_prefix(tmp_path):
+    rng = np.random.default_rng(2)
+    root = write_msd(tmp_path / "d", [tissue_case(rng, (8, 8, 2))], {0: "bg", 1: "a", 2: "b", 3: "c"})
+    manifest = json.loads((root / "dataset.json").read_text())
+    manifest["training"][0] = {k: v.removeprefix("./") for k, v in manifest["training"][0].items()}
+    (root / "dataset.json").write_text(json.dumps(manifest))
+    index = read_index(root)
+    assert load_case(index, index.cases[0]).ok

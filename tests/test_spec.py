@@ -1,0 +1,79 @@
+"""Job files: valid ones load, broken ones are refused with file, key and reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hpsearch.errors import HpsearchError
+from hpsearch.spec import load_job
+
+REPO = Path(__file__).resolve().parents[1]
+
+GOOD = """\
+name: t
+dataset: {path: data/x, image_size: [64, 48]}
+model: unet
+params: {learning_rate: 1.0e-3, depth: 3}
+"""
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("job", sorted((REPO / "jobs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_jobs_are_valid(job):
+    assert load_job(job).name
+
+
+def test_defaults_and_overrides(tmp_path):
+    job = load_job(_write(tmp_path, GOOD), ["learning_rate=3e-4", "dataset.image_size=[32,32]", "optimizer=sgd"])
+    params = job.trial_params()
+    assert params.learning_rate == 3e-4 and params.optimizer == "sgd" and params.depth == 3
+    assert params.epochs == 20 and params.norm == "none"  # defaults filled in
+    assert job.dataset.image_size == (32, 32)
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        (GOOD + "extra: 1\n", "extra: unknown key"),
+        (GOOD.replace("model: unet", "model: resnet"), "model: Input should be 'unet' or 'fcn'"),
+        (GOOD.replace("depth: 3", "depth: 9"), "params.depth: Input should be less than or equal to 6"),
+        (GOOD.replace("depth: 3", "dpeth: 3"), "params.dpeth: unknown key"),
+        (GOOD.replace("model: unet", "model: fcn").replace("depth: 3", "padding: valid"), "params.padding: unknown key"),
+        (GOOD.replace("1.0e-3", "-1"), "params.learning_rate: Input should be greater than 0"),
+        (GOOD.replace("[64, 48]", "[64]"), "dataset.image_size"),
+        (GOOD.replace("[64, 48]", "[2, 48]"), "dataset.image_size"),
+        (GOOD.replace("path: data/x", "path: data/x, slice_axis: 3"), "dataset.slice_axis"),
+        (GOOD.replace("path: data/x", "path: data/x, synthetic: ct"), "dataset.synthetic"),
+        (GOOD.replace("name: t", "name: 'a b'"), "name: String should match pattern"),
+        (GOOD.replace("name: t\n", ""), "name: Field required"),
+        ("name: [unclosed\n", "invalid YAML"),
+        ("- a\n- b\n", "expected a mapping"),
+    ],
+)
+def test_bad_job_files_name_the_key(tmp_path, text, needle):
+    path = _write(tmp_path, text)
+    with pytest.raises(HpsearchError) as info:
+        load_job(path)
+    message = str(info.value)
+    assert message.startswith(str(path)), message
+    assert needle in message, message
+
+
+def test_bad_overrides(tmp_path):
+    path = _write(tmp_path, GOOD)
+    with pytest.raises(HpsearchError, match="expected KEY=VALUE"):
+        load_job(path, ["learning_rate"])
+    with pytest.raises(HpsearchError, match="params.batch_size"):
+        load_job(path, ["batch_size=zero"])
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(HpsearchError, match="file not found"):
+        load_job(tmp_path / "nope.yaml")

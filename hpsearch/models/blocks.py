@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import numbers
 import operator
 from collections.abc import Sequence
 from typing import Any
@@ -65,7 +66,7 @@ def check_input_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
     try:
         # operator.index accepts numpy integers but not floats like 64.0.
         dims = list(input_shape)
-        shape = tuple(operator.index(d) for d in dims)
+        shape = tuple(int(operator.index(d)) for d in dims)
         bad = len(shape) != 3 or any(isinstance(d, bool) or d <= 0 for d in dims)
     except TypeError:
         bad = True
@@ -78,15 +79,26 @@ def check_input_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
 
 
 def check_int(name: str, value: Any, minimum: int) -> int:
-    """Returns ``value`` if it is an int ``>= minimum``, else raises ValueError."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+    """Returns ``value`` as a Python int if it is an integer ``>= minimum``.
+
+    Numpy integers (as search spaces may sample them) are accepted and
+    converted, so layer configs stay JSON-serialisable for ``.keras`` files.
+
+    Raises:
+        ValueError: Not an integer, or below ``minimum``.
+    """
+    try:
+        number = operator.index(value)
+    except TypeError:
+        number = None
+    if number is None or isinstance(value, bool) or number < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
+    return int(number)
 
 
 def check_dropout(rate: Any) -> float:
-    """Returns ``rate`` as float if it is in [0, 1), else raises ValueError."""
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
+    """Returns ``rate`` as a Python float if it is in [0, 1), else raises ValueError."""
+    if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0.0 <= rate < 1.0:
         raise ValueError(f"dropout must be a rate in [0, 1), got {rate!r}")
     return float(rate)
 

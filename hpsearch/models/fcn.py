@@ -69,9 +69,9 @@ def build_fcn(
         ValueError: An argument is out of range or an unknown name.
     """
     shape = blocks.check_input_shape(input_shape)
-    blocks.check_int("num_classes", num_classes, 1)
-    blocks.check_int("depth", depth, 1)
-    blocks.check_int("base_filters", base_filters, 1)
+    num_classes = blocks.check_int("num_classes", num_classes, 1)
+    depth = blocks.check_int("depth", depth, 1)
+    base_filters = blocks.check_int("base_filters", base_filters, 1)
     blocks.check_choice("norm", norm, blocks.NORMS)
     blocks.check_choice("activation", activation, blocks.ACTIVATIONS)
     dropout = blocks.check_dropout(dropout)

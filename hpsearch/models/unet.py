@@ -82,8 +82,8 @@ def valid_input_size(size: int, depth: int) -> int:
     Raises:
         ValueError: ``size`` or ``depth`` is below 1.
     """
-    blocks.check_int("size", size, 1)
-    blocks.check_int("depth", depth, 1)
+    size = blocks.check_int("size", size, 1)
+    depth = blocks.check_int("depth", depth, 1)
     candidate = size
     while True:
         out = valid_output_size(candidate, depth)
@@ -156,9 +156,9 @@ def build_unet(
         ValueError: An argument is out of range or an unknown name.
     """
     height, width, _ = shape = blocks.check_input_shape(input_shape)
-    blocks.check_int("num_classes", num_classes, 1)
-    blocks.check_int("depth", depth, 1)
-    blocks.check_int("base_filters", base_filters, 1)
+    num_classes = blocks.check_int("num_classes", num_classes, 1)
+    depth = blocks.check_int("depth", depth, 1)
+    base_filters = blocks.check_int("base_filters", base_filters, 1)
     blocks.check_choice("padding", padding, blocks.PADDINGS)
     blocks.check_choice("norm", norm, blocks.NORMS)
     blocks.check_choice("activation", activation, blocks.ACTIVATIONS)

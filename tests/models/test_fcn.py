@@ -13,9 +13,9 @@ from hpsearch.models.fcn import build_fcn  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def _fresh_keras_session():
-    keras.backend.clear_session()
     yield
-    keras.backend.clear_session()
+    # Drop Keras' global graph state; skipping its gc.collect() saves ~0.15 s a test.
+    keras.backend.clear_session(free_memory=False)
 
 
 def _predict(model, x):

@@ -23,9 +23,9 @@ from hpsearch.models import (  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def _fresh_keras_session():
-    keras.backend.clear_session()
     yield
-    keras.backend.clear_session()
+    # Drop Keras' global graph state; skipping its gc.collect() saves ~0.15 s a test.
+    keras.backend.clear_session(free_memory=False)
 
 
 def test_registry_contents():

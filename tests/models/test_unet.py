@@ -18,9 +18,9 @@ from hpsearch.models.unet import (  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def _fresh_keras_session():
-    keras.backend.clear_session()
     yield
-    keras.backend.clear_session()
+    # Drop Keras' global graph state; skipping its gc.collect() saves ~0.15 s a test.
+    keras.backend.clear_session(free_memory=False)
 
 
 def _predict(model, x):
@@ -201,8 +201,10 @@ def test_mixed_precision_logits_stay_float32():
 
 @pytest.mark.parametrize(("padding", "norm"), [("same", "batch"), ("valid", "instance")])
 def test_safe_mode_save_load_round_trip(tmp_path, padding, norm):
-    model = build_unet((37, 41, 1), 3, depth=2, base_filters=2, padding=padding, norm=norm,
-                       activation="leaky_relu", dropout=0.1)
+    # Numpy scalars, as a search space may sample them, must still serialise.
+    model = build_unet((37, 41, 1), 3, depth=np.int64(2), base_filters=np.int64(2),
+                       padding=padding, norm=norm, activation="leaky_relu",
+                       dropout=np.float32(0.1))
     path = tmp_path / "unet.keras"
     model.save(path)
     loaded = keras.models.load_model(path, safe_mode=True)

@@ -1,0 +1,101 @@
+"""The `hpsearch` command as a user runs it: real processes, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import snapshot
+
+EXE = Path(sys.executable).with_name("hpsearch")
+COMMAND = [str(EXE)] if EXE.exists() else [sys.executable, "-m", "hpsearch.cli"]
+
+
+def run(*args, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([*COMMAND, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def errors(result) -> list[str]:
+    """stderr lines hpsearch wrote (TensorFlow's start-up chatter filtered out)."""
+    return [line for line in result.stderr.splitlines() if line.startswith("hpsearch:")]
+
+
+def test_data_check_prints_fingerprint(lv_small):
+    result = run("data", "check", lv_small)
+    assert result.returncode == 0, result.stderr
+    assert "cases       8" in result.stdout and "no defects found" in result.stdout
+
+
+def test_data_check_broken_dataset_exits_2_with_one_line_per_defect(lv_small, tmp_path):
+    root = shutil.copytree(lv_small, tmp_path / "broken")
+    (root / "labelsTr" / "lv_003.nii.gz").unlink()
+    truncated = root / "imagesTr" / "lv_005.nii.gz"
+    truncated.write_bytes(truncated.read_bytes()[:300])
+    before = snapshot(root)
+    result = run("data", "check", root)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = errors(result)
+    assert len(lines) == 3, lines
+    assert any("lv_003.nii.gz: file is missing" in line for line in lines)
+    assert any("lv_005.nii.gz: unreadable or truncated" in line for line in lines)
+    assert snapshot(root) == before
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["data", "check", "/nonexistent/ds"], "dataset folder not found"),
+        (["train", "/nonexistent/job.yaml"], "file not found"),
+    ],
+)
+def test_missing_inputs_are_one_line(args, needle):
+    result = run(*args)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(errors(result)) == 1 and needle in errors(result)[0]
+
+
+def test_synth_refuses_to_overwrite(tmp_path):
+    out = tmp_path / "lv"
+    assert run("data", "synth", "--kind", "lv", "--cases", "2", "--out", out).returncode == 0
+    before = snapshot(out)
+    again = run("data", "synth", "--kind", "lv", "--cases", "3", "--out", out)
+    assert again.returncode == 2 and "already exists" in errors(again)[0]
+    assert snapshot(out) == before
+
+
+JOB = """\
+name: tiny
+dataset: {path: data/tiny-lv, synthetic: lv, synthetic_cases: 6, image_size: [32, 32]}
+model: unet
+params: {epochs: 3, depth: 2, base_filters: 4, batch_size: 4}
+runtime: {intra_op_threads: 1, inter_op_threads: 1}
+"""
+
+
+def test_train_end_to_end(tmp_path):
+    (tmp_path / "job.yaml").write_text(JOB)
+    result = run("train", "job.yaml", "--set", "epochs=2", "--set", "learning_rate=3e-3", "--out", "state", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    assert "preprocessed" in out and "epoch   1" in out and "epoch   2" in out and "epoch   3" not in out
+    assert "learning_rate=0.003" in out and "best epoch" in out
+    assert (tmp_path / "data" / "tiny-lv" / "dataset.json").is_file()  # generated on first use
+    assert (tmp_path / "state" / "trainer_state.json").is_file()
+
+
+def test_train_bad_job_and_bad_dataset_exit_2(tmp_path, lv_small):
+    (tmp_path / "job.yaml").write_text(JOB.replace("depth: 2", "depth: 0"))
+    result = run("train", "job.yaml", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert errors(result) == ["hpsearch: error: job.yaml: params.depth: Input should be greater than or equal to 1 (got 0)"]
+
+    root = shutil.copytree(lv_small, tmp_path / "broken")
+    (root / "labelsTr" / "lv_002.nii.gz").unlink()
+    (tmp_path / "job.yaml").write_text(JOB.replace("path: data/tiny-lv, synthetic: lv", f"path: {root}"))
+    result = run("train", "job.yaml", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(errors(result)) == 1 and "lv_002.nii.gz: file is missing" in errors(result)[0]

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import snapshot
+from helpers import snapshot
 
 EXE = Path(sys.executable).with_name("hpsearch")
 COMMAND = [str(EXE)] if EXE.exists() else [sys.executable, "-m", "hpsearch.cli"]

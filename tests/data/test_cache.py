@@ -8,7 +8,7 @@ import shutil
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import snapshot
+from helpers import snapshot
 
 from hpsearch.data import PreprocessConfig, prepare_cached, read_index
 from hpsearch.errors import HpsearchError

@@ -9,7 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import AFFINE, snapshot, write_msd, write_nifti
+from helpers import AFFINE, snapshot, write_msd, write_nifti
 
 from hpsearch.data import check_dataset
 

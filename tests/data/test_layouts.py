@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import tissue_case, write_msd, write_nnunet
+from helpers import tissue_case, write_msd, write_nnunet
 
 from hpsearch.data import load_case, read_index
 from hpsearch.errors import HpsearchError

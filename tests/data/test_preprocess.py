@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import tissue_case, write_msd
+from helpers import tissue_case, write_msd
 
 from hpsearch.data import PreprocessConfig, fit_in_plane, normalize_intensities, read_index, split_cases
 from hpsearch.data.preprocess import prepare

@@ -1,26 +1,11 @@
 """Tests for hpsearch.models.fcn: the DLI lab's shapes, any input size, save/load."""
 
-import os
+import keras
+import numpy as np
+import pytest
+from helpers import predict
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from hpsearch.models.fcn import build_fcn  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def _fresh_keras_session():
-    yield
-    # Drop Keras' global graph state; skipping its gc.collect() saves ~0.15 s a test.
-    keras.backend.clear_session(free_memory=False)
-
-
-def _predict(model, x):
-    # A direct call skips predict()'s per-model tf.function tracing: faster here.
-    return np.asarray(model(x, training=False))
+from hpsearch.models.fcn import build_fcn
 
 
 def test_lab_network_layer_shapes():
@@ -55,7 +40,7 @@ def test_lab_network_layer_shapes():
 )
 def test_output_is_float32_logits_at_input_size(height, width, depth, norm):
     model = build_fcn((height, width, 2), 3, depth=depth, base_filters=2, norm=norm)
-    out = _predict(model, np.random.default_rng(0).normal(size=(1, height, width, 2)))
+    out = predict(model, np.random.default_rng(0).normal(size=(1, height, width, 2)))
     assert out.shape == (1, height, width, 3)
     assert out.dtype == np.float32
     assert np.isfinite(out).all()
@@ -97,7 +82,7 @@ def test_safe_mode_save_load_round_trip(tmp_path, norm):
     model.save(path)
     loaded = keras.models.load_model(path, safe_mode=True)
     x = np.random.default_rng(1).normal(size=(2, 37, 41, 1)).astype("float32")
-    np.testing.assert_allclose(_predict(loaded, x), _predict(model, x), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(predict(loaded, x), predict(model, x), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

@@ -1,31 +1,16 @@
 """Tests for hpsearch.models.unet: shapes, valid-padding alignment, save/load, training."""
 
-import os
+import keras
+import numpy as np
+import pytest
+from helpers import predict
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from hpsearch.models.unet import (  # noqa: E402
+from hpsearch.models.unet import (
     build_unet,
     valid_input_size,
     valid_output_size,
     valid_padding,
 )
-
-
-@pytest.fixture(autouse=True)
-def _fresh_keras_session():
-    yield
-    # Drop Keras' global graph state; skipping its gc.collect() saves ~0.15 s a test.
-    keras.backend.clear_session(free_memory=False)
-
-
-def _predict(model, x):
-    # A direct call skips predict()'s per-model tf.function tracing: faster here.
-    return np.asarray(model(x, training=False))
 
 
 @pytest.mark.parametrize(
@@ -46,7 +31,7 @@ def _predict(model, x):
 def test_output_is_float32_logits_at_input_size(height, width, depth, padding, norm):
     model = build_unet((height, width, 2), 3, depth=depth, base_filters=2, padding=padding,
                        norm=norm)
-    out = _predict(model, np.random.default_rng(0).normal(size=(1, height, width, 2)))
+    out = predict(model, np.random.default_rng(0).normal(size=(1, height, width, 2)))
     assert out.shape == (1, height, width, 3)
     assert out.dtype == np.float32
     assert np.isfinite(out).all()
@@ -123,7 +108,7 @@ def _row_receptive_field_centres(model, rows):
     _, height, width, _ = model.input.shape
     images = np.zeros((height, height, width, 1), "float32")
     images[np.arange(height), np.arange(height)] = 1.0
-    out = _predict(model, images)
+    out = predict(model, images)
     reaches = out.sum(axis=(2, 3)) > 0  # [input row, output row]
     centres = []
     for row in rows:
@@ -161,8 +146,8 @@ def test_shifting_the_input_shifts_the_output(padding):
     depth, shift, height = 2, 4, 96
     model = build_unet((height, 8, 1), 2, depth=depth, base_filters=2, padding=padding)
     image = np.random.default_rng(2).normal(size=(1, height + shift, 8, 1))
-    out_a = _predict(model, image[:, :height])
-    out_b = _predict(model, image[:, shift:])
+    out_a = predict(model, image[:, :height])
+    out_b = predict(model, image[:, shift:])
     margin = 48  # beyond the receptive-field radius, away from the zero padding
     np.testing.assert_allclose(out_a[:, margin:-margin], out_b[:, margin - shift:-margin - shift],
                                rtol=1e-4, atol=1e-5)
@@ -209,7 +194,7 @@ def test_safe_mode_save_load_round_trip(tmp_path, padding, norm):
     model.save(path)
     loaded = keras.models.load_model(path, safe_mode=True)
     x = np.random.default_rng(3).normal(size=(2, 37, 41, 1)).astype("float32")
-    np.testing.assert_allclose(_predict(loaded, x), _predict(model, x), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(predict(loaded, x), predict(model, x), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

@@ -41,8 +41,16 @@ def default_cache_dir() -> Path:
     return Path(base) / "hpsearch"
 
 
-def dataset_digest(index: DatasetIndex) -> str:
-    """SHA-256 over dataset.json and the bytes of every case file, in case order."""
+def dataset_digest(index: DatasetIndex, memo: dict[str, str] | None = None) -> str:
+    """SHA-256 over dataset.json and the bytes of every case file, in case order.
+
+    Args:
+        index: The dataset.
+        memo: File digests by ``path|size|mtime``, read and extended here, so an
+            unchanged multi-gigabyte dataset is not re-read on every run (the same
+            trust in size and modification time that git and make place).
+    """
+    memo = {} if memo is None else memo
     digest = hashlib.sha256()
     files = [index.manifest, *(p for case in index.cases for p in (*case.images, case.label))]
     for path in files:
@@ -50,9 +58,31 @@ def dataset_digest(index: DatasetIndex) -> str:
         name = path.relative_to(index.root) if path.is_relative_to(index.root) else path
         digest.update(str(name).encode())
         if path.is_file():
-            with path.open("rb") as handle:
-                digest.update(hashlib.file_digest(handle, "sha256").digest())
+            digest.update(_file_digest(path, memo).encode())
     return digest.hexdigest()
+
+
+def _file_digest(path: Path, memo: dict[str, str]) -> str:
+    stat = path.stat()
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    if key not in memo:
+        with path.open("rb") as handle:
+            memo[key] = hashlib.file_digest(handle, "sha256").hexdigest()
+    return memo[key]
+
+
+def _read_memo(path: Path) -> dict[str, str]:
+    try:
+        memo = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}  # missing or garbled: only costs a re-hash
+    return memo if isinstance(memo, dict) else {}
+
+
+def _write_memo(path: Path, memo: dict[str, str]) -> None:
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.write_text(json.dumps(memo))
+    os.replace(partial, path)
 
 
 def cache_key(digest: str, config: PreprocessConfig) -> str:
@@ -90,12 +120,17 @@ def prepare_cached(
             f"cache_dir {cache_dir} is inside the dataset folder {index.root}; hpsearch never "
             "writes there, choose another dataset.cache_dir"
         )
-    digest = dataset_digest(index)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    memo_path = cache_dir / "file-digests.json"
+    memo = _read_memo(memo_path)
+    known = len(memo)
+    digest = dataset_digest(index, memo)
+    if len(memo) != known:
+        _write_memo(memo_path, memo)
     # Named by content alone: the same data in another folder shares the entry.
     entry = cache_dir / f"prepared-{cache_key(digest, config)}"
     hit = entry.is_dir()
     if not hit:
-        cache_dir.mkdir(parents=True, exist_ok=True)
         with FileLock(str(entry) + ".lock"):
             hit = entry.is_dir()  # another process may have finished it while we waited
             if not hit:

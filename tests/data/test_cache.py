@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from helpers import snapshot
 
-from hpsearch.data import PreprocessConfig, prepare_cached, read_index
+from hpsearch.data import PreprocessConfig, dataset_digest, prepare_cached, read_index
 from hpsearch.errors import HpsearchError
 
 CONFIG = PreprocessConfig(image_size=(32, 32), val_fraction=0.25)
@@ -64,3 +64,16 @@ def test_concurrent_processes_build_once_and_agree(lv_small, tmp_path):
 def test_cache_inside_dataset_is_refused(lv_small):
     with pytest.raises(HpsearchError, match="never writes there"):
         prepare_cached(read_index(lv_small), CONFIG, lv_small / "cache")
+
+
+def test_file_digests_are_memoised_by_size_and_mtime(lv_small, tmp_path):
+    index = read_index(lv_small)
+    memo: dict[str, str] = {}
+    first = dataset_digest(index, memo)
+    assert len(memo) == 1 + 2 * 8  # dataset.json + image and label of 8 cases
+    # The memo is trusted while size and mtime are unchanged: a planted digest shows up.
+    planted = {key: "0" * 64 for key in memo}
+    assert dataset_digest(index, planted) != first
+    assert dataset_digest(index, {}) == first
+    prepare_cached(index, CONFIG, tmp_path)
+    assert (tmp_path / "file-digests.json").is_file()

@@ -51,6 +51,37 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, help="save the final training state into this folder")
     train.set_defaults(func=_cmd_train)
 
+    run = commands.add_parser("run", help="run the hyperparameter search a job describes")
+    run.add_argument("job", type=Path, help="job YAML file with a search_space")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override any key, e.g. search.num_trials=4; repeatable")
+    run.add_argument("--address", help="Ray cluster to attach to (default: $RAY_ADDRESS, else a local Ray)")
+    run.set_defaults(func=_cmd_run)
+
+    resume = commands.add_parser("resume", help="continue an interrupted search")
+    resume.add_argument("experiment", type=Path, help="the experiment folder `hpsearch run` printed")
+    resume.add_argument("--address", help="Ray cluster to attach to")
+    resume.set_defaults(func=_cmd_resume)
+
+    ui = commands.add_parser("ui", help="start the MLflow UI on a job's tracking store")
+    ui.add_argument("job", type=Path, nargs="?", help="job YAML file (its tracking.uri)")
+    ui.add_argument("--tracking-uri", help="any MLflow backend store URI instead of a job's")
+    ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(func=_cmd_ui)
+
+    export = commands.add_parser("export", help="export the best trial's best checkpoint")
+    export.add_argument("experiment", type=Path, help="experiment folder of a finished search")
+    export.add_argument("--out", type=Path, required=True, help="new folder for model.keras + hpsearch-model.json")
+    export.add_argument("--register", metavar="NAME", help="also add a version to the MLflow Model Registry")
+    export.set_defaults(func=_cmd_export)
+
+    predict = commands.add_parser("predict", help="segment NIfTI scans with an exported model")
+    predict.add_argument("model", type=Path, help="folder written by `hpsearch export`")
+    predict.add_argument("input", type=Path, help="a NIfTI file or a folder of them")
+    predict.add_argument("output", type=Path, help="output file (for a file) or new folder (for a folder)")
+    predict.set_defaults(func=_cmd_predict)
+
     data = commands.add_parser("data", help="inspect or generate datasets").add_subparsers(
         dest="data_command", required=True, metavar="SUBCOMMAND"
     )
@@ -108,6 +139,71 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.out is not None:
         print(f"state saved to {trainer.save(args.out)}")
     return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from hpsearch.runtime import quiet_tensorflow
+
+    quiet_tensorflow()
+    from hpsearch.search.driver import run_search
+
+    run_search(args.job, args.overrides, address=args.address, echo=_echo)
+    return 0
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from hpsearch.runtime import quiet_tensorflow
+
+    quiet_tensorflow()
+    from hpsearch.search.driver import resume_search
+
+    resume_search(args.experiment, address=args.address, echo=_echo)
+    return 0
+
+
+def _cmd_ui(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from hpsearch.search.driver import tracking_uri_of
+
+    if (args.job is None) == (args.tracking_uri is None):
+        raise HpsearchError("ui: give either a job file or --tracking-uri")
+    uri = args.tracking_uri or tracking_uri_of(args.job)
+    if "://" in uri and uri.split("://")[0] in ("http", "https"):
+        print(f"{uri} is already a tracking server: open it in a browser")
+        return 0
+    print(f"MLflow UI for {uri} at http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: bound to {args.host}: anyone who can reach it can read and change runs", file=sys.stderr)
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+               "--host", args.host, "--port", str(args.port)]
+    return subprocess.call(command)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from hpsearch.runtime import quiet_tensorflow
+
+    quiet_tensorflow()
+    from hpsearch.search.exporting import export_best
+
+    out = export_best(args.experiment, args.out, register=args.register, echo=_echo)
+    print(f"exported to {out}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from hpsearch.runtime import quiet_tensorflow
+
+    quiet_tensorflow()
+    from hpsearch.predict import predict_path
+
+    for path in predict_path(args.model, args.input, args.output):
+        print(f"wrote {path}")
+    return 0
+
+
+def _echo(line: str) -> None:
+    print(line, flush=True)
 
 
 def _cmd_data_check(args: argparse.Namespace) -> int:

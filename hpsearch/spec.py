@@ -26,10 +26,13 @@ from typing import Any, Iterable, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from hpsearch.files import format_validation_error, read_yaml
+
 from hpsearch.data.config import DatasetConfig
 from hpsearch.errors import HpsearchError
 from hpsearch.params import validate_params
 from hpsearch.runtime import RuntimeConfig
+from hpsearch.search.config import ResourcesConfig, SchedulerConfig, SearchConfig, TrackingConfig
 
 
 class Job(BaseModel):
@@ -39,8 +42,16 @@ class Job(BaseModel):
         name: Identifier used for output folders and MLflow experiments.
         dataset: Data location and preprocessing.
         model: Model family: ``unet`` or ``fcn``.
-        params: Default hyperparameters (training and model options, flat).
+        params: Default hyperparameters (training and model options, flat); a search
+            varies those named in the search space and keeps the others.
         runtime: Threads, precision, seed.
+        search_space: YAML file of distributions (needed by ``hpsearch run``).
+        search: Sampler, number of trials, concurrency, metric.
+        scheduler: Early stopping (ASHA) and the epoch cap.
+        resources: CPUs and GPUs per trial.
+        tracking: MLflow URI and experiment.
+        storage: Ray Tune experiment storage: a local folder, a shared path or
+            ``s3://`` on clusters.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -50,6 +61,12 @@ class Job(BaseModel):
     model: Literal["unet", "fcn"]
     params: dict[str, Any] = Field(default_factory=dict)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    search_space: Path | None = None
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    storage: str = "results"
 
     def trial_params(self) -> BaseModel:
         """The job's hyperparameters with every default filled in."""
@@ -79,51 +96,6 @@ def load_job(path: str | Path, overrides: Iterable[str] = ()) -> Job:
     except ValidationError as exc:
         raise HpsearchError(format_validation_error(path, exc, prefix="params")) from None
     return job
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    """A YAML mapping from ``path``, or an :class:`HpsearchError` saying why not."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise HpsearchError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise HpsearchError(f"{path}: cannot read ({exc})") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise HpsearchError(f"{path}:{where}: invalid YAML: {problem}") from None
-    if not isinstance(raw, dict):
-        raise HpsearchError(f"{path}: expected a mapping of keys at the top level")
-    return raw
-
-
-def format_validation_error(path: Path, exc: ValidationError, prefix: str = "") -> str:
-    """One line per problem: ``file: key.path: reason (got value)``."""
-    lines = []
-    for error in exc.errors():
-        parts = [prefix] if prefix else []
-        parts += [str(part) for part in error["loc"] if not _is_wrapper(part)]
-        location = ".".join(parts)
-        message = error["msg"]
-        if error["type"] == "extra_forbidden":
-            message = "unknown key; check the spelling or remove it"
-        elif "input" in error and error["type"] != "missing" and _short(error["input"]):
-            message = f"{message} (got {error['input']!r})"
-        lines.append(f"{path}: {location or '(top level)'}: {message}")
-    return "\n".join(lines)
-
-
-def _is_wrapper(part: Any) -> bool:
-    # Pydantic adds the validator kind (e.g. "function-after[...]") to some locations.
-    return isinstance(part, str) and ("[" in part or part.startswith("function-"))
-
-
-def _short(value: Any) -> bool:
-    return not isinstance(value, (dict, list)) or len(repr(value)) < 60
 
 
 def _apply_override(raw: dict[str, Any], override: str, path: Path) -> None:

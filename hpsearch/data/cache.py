@@ -30,7 +30,7 @@ from hpsearch.data.preprocess import PreparedData, prepare
 from hpsearch.errors import HpsearchError
 
 # Bump when preprocessing code changes what it produces for the same settings.
-PREPROCESS_VERSION = 1
+PREPROCESS_VERSION = 2
 
 
 def default_cache_dir() -> Path:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from hpsearch.data.layouts import DatasetIndex, read_index
-from hpsearch.data.volumes import Defect, read_case
+from hpsearch.data.volumes import CaseVolumes, Defect, read_case
 
 # Voxels sampled per case and channel for percentiles: exact percentiles would need
 # every voxel of the dataset in memory at once.
@@ -110,19 +110,20 @@ def check_dataset(root: str | Path) -> CheckReport:
     defects: list[Defect] = []
     if not index.cases:
         defects.append(Defect(index.manifest, "the dataset lists no training cases"))
-    stats = _Accumulator(index)
+    builder = FingerprintBuilder(index)
     for case in index.cases:
         volumes = read_case(index, case)
         defects.extend(volumes.defects)
-        for value, count in volumes.label_counts.items():
-            stats.label_voxels[value] = stats.label_voxels.get(value, 0) + count
-        if volumes.image is not None and np.isfinite(volumes.image).all():
-            stats.add(volumes.image, volumes.spacing)
-    return CheckReport(stats.fingerprint(), defects)
+        builder.add(volumes)
+    return CheckReport(builder.fingerprint(), defects)
 
 
-class _Accumulator:
-    """Running sums over cases, so only one case is in memory at a time."""
+class FingerprintBuilder:
+    """Running sums over cases, so only one case is in memory at a time.
+
+    Preprocessing feeds it the cases it loads anyway, so a prepared dataset carries
+    its fingerprint without a second pass over the NIfTI files.
+    """
 
     def __init__(self, index: DatasetIndex):
         self.index = index
@@ -138,7 +139,13 @@ class _Accumulator:
         self.label_voxels: dict[int, int] = {}
         self.rng = np.random.default_rng(0)
 
-    def add(self, image: np.ndarray, spacing: tuple[float, float, float]) -> None:
+    def add(self, volumes: CaseVolumes) -> None:
+        """Count one case's labels and, if its image is usable, its intensities."""
+        for value, count in volumes.label_counts.items():
+            self.label_voxels[value] = self.label_voxels.get(value, 0) + count
+        image = volumes.image
+        if image is None or not np.isfinite(image).all():
+            return
         flat = image.reshape(-1, image.shape[-1]).astype(np.float64)
         self.count += flat.shape[0]
         self.sum += flat.sum(axis=0)
@@ -148,7 +155,7 @@ class _Accumulator:
         take = self.rng.choice(flat.shape[0], min(_PERCENTILE_SAMPLE, flat.shape[0]), replace=False)
         self.samples.append(flat[take])
         self.shapes.append(list(image.shape[:3]))
-        self.spacings.append(spacing)
+        self.spacings.append(volumes.spacing)
 
     def fingerprint(self) -> Fingerprint:
         index = self.index

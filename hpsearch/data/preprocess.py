@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from hpsearch.data.check import FingerprintBuilder
 from hpsearch.data.config import PreprocessConfig
 from hpsearch.data.layouts import DatasetIndex
 from hpsearch.data.volumes import load_case
@@ -155,10 +156,12 @@ def prepare(index: DatasetIndex, config: PreprocessConfig, *, digest: str = "") 
     by_id = {case.case_id: case for case in index.cases}
     train_ids, val_ids = split_cases(list(by_id), config.val_fraction, config.split_seed)
     rng = np.random.default_rng(config.split_seed)
+    fingerprint = FingerprintBuilder(index)
     parts: dict[str, list[np.ndarray]] = {name: [] for name in PreparedData.ARRAYS}
     for split, ids in (("train", train_ids), ("val", val_ids)):
         for position, case_id in enumerate(ids):
             volumes = load_case(index, by_id[case_id])
+            fingerprint.add(volumes)
             x = preprocess_volume(volumes.image, config)
             y = preprocess_label(volumes.label, config)
             if split == "train":
@@ -185,5 +188,6 @@ def prepare(index: DatasetIndex, config: PreprocessConfig, *, digest: str = "") 
         "train_cases": train_ids,
         "val_cases": val_ids,
         "preprocess": config.model_dump(mode="json"),
+        "fingerprint": fingerprint.fingerprint().to_dict(),
     }
     return PreparedData(**arrays, info=info)

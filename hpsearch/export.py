@@ -1,0 +1,170 @@
+"""Exporting a trained configuration as a self-contained model folder.
+
+An export is what users segment new scans with (:mod:`hpsearch.predict`), long after
+the search, its checkpoints and maybe its dataset are gone. So the folder holds
+everything prediction needs and nothing it must not trust:
+
+* ``model.keras``: the network with the weights of its best-Dice epoch, built from
+  built-in Keras layers only, so it loads with ``safe_mode=True`` (no pickled code);
+* ``hpsearch-model.json``: the model family and hyperparameters, the exact
+  preprocessing (slice axis, in-plane size, resize and normalisation modes), the
+  channel names, class names and *original* label values (BraTS 0, 1, 2, 4), the
+  validation Dice, and provenance (dataset digest, time, hpsearch version, and any
+  ``extra`` such as MLflow run ids).
+
+Example:
+    >>> from hpsearch.export import export_model
+    >>> export_model(Path("state/"), Path("lv-model/"), data_info=data.info,  # doctest: +SKIP
+    ...              extra={"mlflow": {"run_id": "3f2a..."}})
+    PosixPath('lv-model')
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import os
+import secrets
+import shutil
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from hpsearch.errors import HpsearchError
+from hpsearch.models import build_model
+from hpsearch.params import model_options, validate_params
+from hpsearch.trainer import STATE_FILE
+
+EXPORT_FORMAT = 1
+MODEL_FILE = "model.keras"
+META_FILE = "hpsearch-model.json"
+BEST_WEIGHTS = "best_weights.npz"
+
+
+def export_model(
+    checkpoint_dir: Path, out_dir: Path, *, data_info: dict, extra: dict | None = None
+) -> Path:
+    """Write the best-Dice weights of a trainer checkpoint as an exported model folder.
+
+    Args:
+        checkpoint_dir: A folder written by :meth:`hpsearch.trainer.Trainer.save`.
+        out_dir: The export folder; must not exist or be empty. Written complete or
+            not at all (built in a hidden sibling folder, then renamed).
+        data_info: ``PreparedData.info`` of the data the checkpoint was trained on:
+            channels, classes, label values and preprocessing settings.
+        extra: More JSON-friendly metadata stored at the top level of
+            ``hpsearch-model.json`` (e.g. ``{"mlflow": {...}, "trial_id": "..."}``).
+
+    Returns:
+        ``out_dir``.
+
+    Raises:
+        HpsearchError: Incomplete checkpoint, non-empty ``out_dir``, a checkpoint that
+            does not fit ``data_info``, or a saved model that does not reload.
+
+    Example:
+        >>> export_model(Path("ckpt"), Path("model"), data_info=data.info)  # doctest: +SKIP
+        PosixPath('model')
+    """
+    checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
+    state_file = checkpoint_dir / STATE_FILE
+    if not state_file.is_file() or not (checkpoint_dir / BEST_WEIGHTS).is_file():
+        raise HpsearchError(
+            f"{checkpoint_dir}: no {STATE_FILE} or {BEST_WEIGHTS}; not a complete trainer checkpoint"
+        )
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise HpsearchError(f"{out_dir}: already exists and is not empty; choose another export folder")
+    try:
+        state = json.loads(state_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise HpsearchError(f"{state_file}: not readable JSON ({exc})") from None
+    # The digest identifies the dataset's content: a mismatch means data_info (and so the
+    # label values and channels written below) may not be what the model learned.
+    trained_on, described = state.get("data_digest") or "", data_info.get("digest") or ""
+    if trained_on and described and trained_on != described:
+        raise HpsearchError(
+            f"{checkpoint_dir}: trained on dataset digest {trained_on[:12]}..., but data_info "
+            f"describes {described[:12]}...; pass the info of the data it was trained on"
+        )
+
+    params = validate_params(state["model"], state["params"])
+    preprocess = dict(data_info["preprocess"])
+    input_shape = (*(int(s) for s in preprocess["image_size"]), len(data_info["channel_names"]))
+    num_classes = len(data_info["label_values"])
+    model = build_model(state["model"], input_shape, num_classes, **model_options(params))
+    with np.load(checkpoint_dir / BEST_WEIGHTS) as archive:
+        weights = [archive[f"arr_{i}"] for i in range(len(archive.files))]
+    expected = [tuple(w.shape) for w in model.weights]
+    if [tuple(w.shape) for w in weights] != expected:
+        raise HpsearchError(
+            f"{checkpoint_dir / BEST_WEIGHTS}: weights do not fit a {state['model']} for input "
+            f"{input_shape} and {num_classes} classes; is data_info the training data's?"
+        )
+    model.set_weights(weights)
+
+    meta: dict[str, Any] = {
+        "format_version": EXPORT_FORMAT,
+        "model": state["model"],
+        "hyperparameters": params.model_dump(mode="json"),
+        "channel_names": list(data_info["channel_names"]),
+        "class_names": list(data_info["class_names"]),
+        "label_values": [int(v) for v in data_info["label_values"]],
+        "preprocess": preprocess,
+        "input_shape": list(input_shape),
+        "best_val_dice": state.get("best_val_dice"),
+        "best_epoch": state.get("best_epoch"),
+        "epochs_trained": state.get("epoch"),
+        "dataset_digest": trained_on or described,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "hpsearch_version": _version(),
+    }
+    clash = sorted(set(extra or {}) & set(meta))
+    if clash:  # a caller's bug: extra must not silently replace what prediction relies on
+        raise ValueError(f"extra keys {clash} clash with the export's own metadata")
+    meta.update(extra or {})
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    partial = out_dir.with_name(f".{out_dir.name}.partial-{secrets.token_hex(4)}")
+    partial.mkdir()
+    try:
+        model.save(partial / MODEL_FILE)  # never compiled: no optimizer state inside
+        _verify_reload(model, partial / MODEL_FILE, input_shape)
+        # default=str: extra may carry Paths or datetimes from a fingerprint or tracker.
+        (partial / META_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        if out_dir.exists():
+            out_dir.rmdir()  # empty (checked above); rename cannot replace a folder portably
+        os.replace(partial, out_dir)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _verify_reload(model: keras.Model, path: Path, input_shape: tuple[int, ...]) -> None:
+    """Reload as a user would and check the output, so a broken export never ships."""
+    try:
+        reloaded = keras.models.load_model(path, safe_mode=True, compile=False)
+    except Exception as exc:  # Keras raises many types for unloadable files
+        raise HpsearchError(
+            f"{path}: the saved model does not reload with safe_mode=True ({type(exc).__name__}: {exc})"
+        ) from None
+    zeros = np.zeros((1, *input_shape), np.float32)
+    expected = np.asarray(model(zeros, training=False))
+    got = np.asarray(reloaded(zeros, training=False))
+    if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-4, atol=1e-5):
+        raise HpsearchError(f"{path}: the reloaded model predicts differently from the trained one")
+
+
+def _version() -> str:
+    import hpsearch
+
+    version = getattr(hpsearch, "__version__", None)
+    if version:
+        return str(version)
+    try:
+        return importlib.metadata.version("hpsearch")
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree
+        return "unknown"

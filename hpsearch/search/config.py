@@ -1,0 +1,88 @@
+"""The search sections of a job file, grouped by concern as Ray Tune groups its own.
+
+``search`` (what to propose and how many), ``scheduler`` (when to stop a trial early),
+``resources`` (what one trial gets), ``tracking`` (where MLflow records it).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SearchConfig(_Section):
+    """Attributes:
+    sampler: Optuna sampler: ``tpe`` (multivariate), ``random``, ``cmaes``, ``qmc``,
+        ``gp`` (needs ``pip install 'hpsearch[gp]'``).
+    num_trials: Configurations to try.
+    max_concurrent: Trials running at once.
+    metric: Reported metric to optimise (``val_dice``: mean foreground Dice).
+    mode: ``max`` or ``min``.
+    seed: Seed of the sampler; the same seed proposes the same configurations.
+    max_failures: Retries of a failed trial (from its last checkpoint) before it
+        is recorded as failed.
+    """
+
+    sampler: Literal["tpe", "random", "cmaes", "qmc", "gp"] = "tpe"
+    num_trials: int = Field(16, ge=1, le=100_000)
+    max_concurrent: int = Field(2, ge=1, le=10_000)
+    metric: str = Field("val_dice", pattern=r"^(loss|val_[A-Za-z0-9_.-]+)$")
+    mode: Literal["max", "min"] = "max"
+    seed: int = 0
+    max_failures: int = Field(1, ge=0, le=100)
+
+
+class SchedulerConfig(_Section):
+    """Attributes:
+    type: ``asha`` (stop weak trials at rungs) or ``none``.
+    max_epochs: Epoch cap of any trial (ASHA's ``max_t``).
+    grace_period: Epochs every trial runs before it can be stopped.
+    reduction_factor: ASHA keeps ``1/reduction_factor`` of the trials at each rung.
+    """
+
+    type: Literal["asha", "none"] = "asha"
+    max_epochs: int = Field(20, ge=1, le=100_000)
+    grace_period: int = Field(2, ge=1)
+    reduction_factor: float = Field(3.0, gt=1.0, le=100.0)
+
+    @model_validator(mode="after")
+    def _grace_within_max(self):
+        if self.grace_period > self.max_epochs:
+            raise ValueError(
+                f"grace_period ({self.grace_period}) must not exceed max_epochs ({self.max_epochs})"
+            )
+        return self
+
+
+class ResourcesConfig(_Section):
+    """Attributes:
+    cpus_per_trial: CPUs reserved per trial; TensorFlow's threads follow it.
+    gpus_per_trial: GPUs per trial; a fraction (0.5) puts several trials on one
+        GPU, which TensorFlow then shares through memory growth.
+    """
+
+    cpus_per_trial: float = Field(1.0, gt=0.0, le=1024)
+    gpus_per_trial: float = Field(0.0, ge=0.0, le=64)
+
+    @field_validator("gpus_per_trial")
+    @classmethod
+    def _whole_or_fraction(cls, value: float) -> float:
+        if value > 1 and value != int(value):
+            raise ValueError("more than one GPU per trial must be a whole number")
+        return value
+
+
+class TrackingConfig(_Section):
+    """Attributes:
+    uri: MLflow tracking URI; the embedded default is a SQLite file in the working
+        directory, any server works (``http://127.0.0.1:5000``).
+    experiment: MLflow experiment name (default: the job's name).
+    """
+
+    uri: str = "sqlite:///mlflow.db"
+    experiment: str | None = None

@@ -1,0 +1,87 @@
+"""The Ray Tune trial: a class Trainable stepping the core :class:`~hpsearch.trainer.Trainer`.
+
+One ``step`` is one epoch, so ASHA's ``training_iteration`` counts epochs. The class
+API (rather than a function trainable) lets Ray reuse the actor across trials
+(``reuse_actors=True`` + :meth:`reset_config`): TensorFlow's import and runtime start
+cost seconds, paid once per actor instead of once per trial.
+
+The preprocessed data arrives through ``tune.with_parameters``: Ray puts it in the
+object store once and every trial on a node reads the same read-only arrays.
+"""
+
+from __future__ import annotations
+
+import gc
+from typing import Any
+
+from ray import tune
+
+from hpsearch.data.preprocess import PreparedData
+from hpsearch.runtime import RuntimeConfig, configure_tensorflow
+
+
+class SegmentationTrainable(tune.Trainable):
+    """One hyperparameter configuration of one model family.
+
+    ``setup`` keyword arguments (bound with ``tune.with_parameters``):
+        data: Preprocessed slices (shared through the object store).
+        model: Model family name.
+        base_params: The job's ``params``; the trial's config overrides them.
+        runtime: The job's ``runtime`` section as a dict; threads follow the
+            trial's CPUs.
+        max_epochs: Epoch cap of the search (``scheduler.max_epochs``).
+    """
+
+    def setup(
+        self,
+        config: dict[str, Any],
+        *,
+        data: PreparedData,
+        model: str,
+        base_params: dict[str, Any],
+        runtime: dict[str, Any],
+        max_epochs: int,
+    ) -> None:
+        cpus = self.trial_resources.required_resources.get("CPU", 1) if self.trial_resources else 1
+        self._runtime = RuntimeConfig(**{**runtime, "intra_op_threads": max(1, round(cpus))})
+        configure_tensorflow(self._runtime)
+        self._data, self._model, self._base = data, model, base_params
+        self._max_epochs = max_epochs
+        self._build(config)
+
+    def _build(self, config: dict[str, Any]) -> None:
+        import keras
+
+        from hpsearch.trainer import Trainer
+
+        # Free the previous trial's graph and weights before building the next model
+        # in a reused actor; without it memory grows trial after trial.
+        self.trainer = None
+        keras.backend.clear_session()
+        gc.collect()
+        self.trainer = Trainer(self._data, self._model, {**self._base, **config}, seed=self._runtime.seed)
+        self._epoch_cap = min(self.trainer.train_params.epochs, self._max_epochs)
+
+    def step(self) -> dict[str, Any]:
+        result = self.trainer.train_epoch().metrics()
+        result["best_val_dice"] = self.trainer.best_val_dice
+        result["epoch_cap"] = self._epoch_cap
+        # A sampled `epochs` below the search's cap ends the trial there.
+        result["done"] = self.trainer.epoch >= self._epoch_cap
+        return result
+
+    def save_checkpoint(self, checkpoint_dir: str) -> None:
+        self.trainer.save(checkpoint_dir)
+
+    def load_checkpoint(self, checkpoint: str) -> None:
+        self.trainer.restore(checkpoint)
+
+    def reset_config(self, new_config: dict[str, Any]) -> bool:
+        self._build(new_config)
+        return True
+
+    def cleanup(self) -> None:
+        import keras
+
+        self.trainer = None
+        keras.backend.clear_session()

@@ -1,0 +1,159 @@
+"""Building, running and resuming a search: Ray Tune + Optuna + ASHA.
+
+The driver side of ``hpsearch run`` / ``hpsearch resume``: everything is validated and
+the data prepared *before* Ray starts; the Tuner gets Ray's ``OptunaSearch`` with a
+seeded Optuna sampler, ``ASHAScheduler`` counting epochs, the
+:class:`~hpsearch.search.trainable.SegmentationTrainable` with the data in the object
+store, and the MLflow callback. The experiment folder keeps what a resume needs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+
+from hpsearch.data.preprocess import PreparedData
+from hpsearch.errors import HpsearchError
+from hpsearch.search.trainable import SegmentationTrainable
+from hpsearch.space import to_optuna
+
+SEARCH_STATE = "hpsearch-search.json"
+
+
+def make_sampler(name: str, seed: int, num_trials: int) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler called ``name``, seeded.
+
+    TPE starts with a quarter of the budget (2 to 10 trials) of random proposals, then
+    models the joint distribution (``multivariate``): learning rate and decay interact.
+    """
+    if name == "tpe":
+        startup = max(2, min(10, num_trials // 4))
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=startup)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    if name == "qmc":
+        return optuna.samplers.QMCSampler(seed=seed, scramble=True)
+    if name == "gp":
+        if importlib.util.find_spec("torch") is None:
+            raise HpsearchError(
+                "search.sampler: gp needs PyTorch, which is not installed; "
+                "run pip install 'hpsearch[gp]' or choose tpe"
+            )
+        return optuna.samplers.GPSampler(seed=seed)
+    raise HpsearchError(f"search.sampler: unknown sampler '{name}'")
+
+
+def build_tuner(
+    job,
+    space: dict[str, Any],
+    data: PreparedData,
+    *,
+    name: str,
+    storage: str,
+    callbacks: list[tune.Callback],
+) -> tune.Tuner:
+    """A Tuner for a validated job, its search space and its prepared data."""
+    search, scheduler_cfg = job.search, job.scheduler
+    searcher = OptunaSearch(
+        space=to_optuna(space),
+        metric=search.metric,
+        mode=search.mode,
+        sampler=make_sampler(search.sampler, search.seed, search.num_trials),
+    )
+    if scheduler_cfg.type == "asha":
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=scheduler_cfg.max_epochs,
+            grace_period=scheduler_cfg.grace_period,
+            reduction_factor=scheduler_cfg.reduction_factor,
+        )
+    else:
+        scheduler = FIFOScheduler()
+    return tune.Tuner(
+        trainable_for(job, data),
+        tune_config=tune.TuneConfig(
+            metric=search.metric,
+            mode=search.mode,
+            # The limiter (not max_concurrent_trials) also caps how many proposals
+            # Optuna makes ahead of results, so TPE learns from finished trials.
+            search_alg=ConcurrencyLimiter(searcher, max_concurrent=search.max_concurrent),
+            scheduler=scheduler,
+            num_samples=search.num_trials,
+            reuse_actors=True,
+            trial_name_creator=lambda trial: f"trial_{trial.trial_id}",
+            trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage,
+            callbacks=callbacks,
+            verbose=0,
+            checkpoint_config=tune.CheckpointConfig(
+                # Two, not one: Ray has let experiment state point at a just-deleted
+                # checkpoint (ray#30073).
+                num_to_keep=2,
+                checkpoint_score_attribute=search.metric,
+                checkpoint_score_order=search.mode,
+                checkpoint_frequency=1,
+            ),
+            failure_config=tune.FailureConfig(max_failures=search.max_failures),
+        ),
+    )
+
+
+def trainable_for(job, data: PreparedData) -> Callable:
+    """The trainable with the job's constants bound and the data in the object store."""
+    bound = tune.with_parameters(
+        SegmentationTrainable,
+        data=data,
+        model=job.model,
+        base_params=dict(job.params),
+        runtime=job.runtime.model_dump(),
+        max_epochs=job.scheduler.max_epochs,
+    )
+    resources = {"cpu": job.resources.cpus_per_trial, "gpu": job.resources.gpus_per_trial}
+    return tune.with_resources(bound, resources)
+
+
+def restore_tuner(experiment_dir: Path, job, data: PreparedData) -> tune.Tuner:
+    """The Tuner of an interrupted search, with searcher and scheduler state.
+
+    Failed trials stay failed; unfinished ones continue from their last checkpoint.
+    """
+    if not tune.Tuner.can_restore(str(experiment_dir)):
+        raise HpsearchError(
+            f"{experiment_dir}: no Ray Tune experiment state to resume; the search may not "
+            "have started any trial"
+        )
+    return tune.Tuner.restore(
+        str(experiment_dir), trainable=trainable_for(job, data), resume_unfinished=True, resume_errored=False
+    )
+
+
+def write_search_state(experiment_dir: Path, state: dict[str, Any], files: dict[str, Path]) -> None:
+    """Keep what a resume needs beside Ray's state: ids, the resolved job, copies."""
+    experiment_dir.mkdir(parents=True, exist_ok=True)
+    for name, source in files.items():
+        shutil.copyfile(source, experiment_dir / name)
+    (experiment_dir / SEARCH_STATE).write_text(json.dumps(state, indent=2, default=str))
+
+
+def read_search_state(experiment_dir: Path) -> dict[str, Any]:
+    path = experiment_dir / SEARCH_STATE
+    if not path.is_file():
+        raise HpsearchError(
+            f"{experiment_dir}: not an hpsearch experiment folder (no {SEARCH_STATE}); "
+            "pass the folder `hpsearch run` printed"
+        )
+    return json.loads(path.read_text())

@@ -94,7 +94,14 @@ def export_model(
     preprocess = dict(data_info["preprocess"])
     input_shape = (*(int(s) for s in preprocess["image_size"]), len(data_info["channel_names"]))
     num_classes = len(data_info["label_values"])
-    model = build_model(state["model"], input_shape, num_classes, **model_options(params))
+    # Built in float32 even in a mixed-precision process: users predict on any CPU, where
+    # float16 compute is slow or unsupported. The checkpoint's variables are float32 anyway.
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        model = build_model(state["model"], input_shape, num_classes, **model_options(params))
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
     with np.load(checkpoint_dir / BEST_WEIGHTS) as archive:
         weights = [archive[f"arr_{i}"] for i in range(len(archive.files))]
     expected = [tuple(w.shape) for w in model.weights]

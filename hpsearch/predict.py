@@ -77,7 +77,8 @@ class ExportedModel:
     def predict_volume(self, image: np.ndarray, batch_size: int = 16) -> np.ndarray:
         """Segment one scan: ``(X, Y, Z)`` or ``(X, Y, Z, C)`` in, ``(X, Y, Z)`` labels out.
 
-        Returns original label values (``uint8`` when all are below 256, else ``int16``).
+        Returns:
+            Original label values (``uint8`` when all are below 256, else ``int16``).
 
         Raises:
             HpsearchError: Wrong number of channels, or NaN/infinite voxels.
@@ -215,8 +216,8 @@ def _open_case(files: tuple[Path, ...], names: list[str]) -> list[nib.Nifti1Imag
             "expected 3D for one channel, 4D with channels last, or one file per channel (CASE_0000.nii.gz)"
         )
     for path, image in zip(files[1:], images[1:]):
-        if len(image.shape) != 3 or image.shape != shape:
-            raise HpsearchError(f"{path}: shape {image.shape} differs from {files[0].name}'s {shape}")
+        if len(image.shape) != 3 or image.shape != shape:  # also catches a 4D channel 0
+            raise HpsearchError(f"{path}: shape {image.shape}, {files[0].name} {shape}; channel files must be 3D alike")
         if not np.allclose(image.affine, images[0].affine, atol=AFFINE_TOLERANCE_MM):
             raise HpsearchError(f"{path}: affine differs from {files[0].name}'s; channels must share one grid")
     return images

@@ -63,7 +63,12 @@ class SegmentationTrainable(tune.Trainable):
         self._epoch_cap = min(self.trainer.train_params.epochs, self._max_epochs)
 
     def step(self) -> dict[str, Any]:
-        result = self.trainer.train_epoch().metrics()
+        if self.trainer.epoch >= self._epoch_cap and self.trainer.history:
+            # Restored from the checkpoint of its final epoch (the driver died before
+            # recording the result): report that epoch again rather than train past it.
+            result = dict(self.trainer.history[-1])
+        else:
+            result = self.trainer.train_epoch().metrics()
         result["best_val_dice"] = self.trainer.best_val_dice
         result["epoch_cap"] = self._epoch_cap
         # A sampled `epochs` below the search's cap ends the trial there.

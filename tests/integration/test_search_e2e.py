@@ -1,0 +1,188 @@
+"""The search end to end on a local Ray: run -> MLflow -> export -> predict, failures, resume.
+
+Real parts only: a local Ray started here on 127.0.0.1, Optuna, an MLflow SQLite store,
+NIfTI files written with nibabel, Keras training on 32x32 slices.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import nibabel as nib
+import numpy as np
+import pytest
+import ray
+
+from hpsearch.metrics import compute_dice
+from hpsearch.predict import predict_path
+from hpsearch.search.driver import run_search
+from hpsearch.search.exporting import export_best
+
+JOB = """\
+name: tiny
+dataset: {{path: {data}, image_size: [32, 32], val_fraction: 0.25}}
+model: unet
+params: {{epochs: 4, depth: 2, base_filters: 8, batch_size: 4, learning_rate: 3.0e-3, decay_steps: 50}}
+search_space: space.yaml
+search: {{sampler: {sampler}, num_trials: {trials}, max_concurrent: 2, seed: 0, max_failures: 1}}
+scheduler: {{type: asha, max_epochs: 4, grace_period: 1, reduction_factor: 2}}
+resources: {{cpus_per_trial: 1}}
+tracking: {{uri: sqlite:///mlflow.db}}
+storage: results
+"""
+SPACE = """\
+learning_rate: {type: loguniform, low: 1.0e-3, high: 1.0e-2}
+base_filters: {type: choice, values: [4, 8]}
+"""
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    yield
+    ray.shutdown()
+
+
+def _write_job(folder: Path, data: Path, space: str = SPACE, sampler: str = "tpe", trials: int = 4, **extra):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "space.yaml").write_text(space)
+    text = JOB.format(data=data, sampler=sampler, trials=trials)
+    for key, value in extra.items():
+        text = text.replace(key, value)
+    (folder / "job.yaml").write_text(text)
+    return folder / "job.yaml"
+
+
+def _children(uri: str, parent_run_id: str):
+    client = mlflow.MlflowClient(uri)
+    parent = client.get_run(parent_run_id)
+    return client, client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'"
+    )
+
+
+def test_run_export_predict(local_ray, lv_small, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    job = _write_job(tmp_path, lv_small)
+    lines: list[str] = []
+    experiment = run_search(job, echo=lines.append)
+
+    results = json.loads((experiment / "results.json").read_text())
+    assert len(results["trials"]) == 4
+    assert {t["status"] for t in results["trials"]} <= {"completed", "stopped_early"}
+    assert any("best: trial" in line for line in lines)
+    best = results["best"]
+    assert best["best_value"] == max(t["best_value"] for t in results["trials"])
+
+    state = json.loads((experiment / "hpsearch-search.json").read_text())
+    client, children = _children(state["tracking_uri"], state["parent_run_id"])
+    assert len(children) == 4
+    for child in children:
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_dice")]
+        assert steps == list(range(1, len(steps) + 1))
+        assert child.data.tags["hpsearch.status"] in ("completed", "stopped_early")
+        assert "learning_rate" in child.data.params
+    parent = client.get_run(state["parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"job.yaml", "search_space.yaml"} <= artifacts
+
+    out = export_best(experiment, tmp_path / "model", register="tiny-lv", echo=lines.append)
+    meta = json.loads((out / "hpsearch-model.json").read_text())
+    assert meta["label_values"] == [0, 1] and meta["mlflow"]["run_id"]
+    versions = client.search_model_versions("name='tiny-lv'")
+    assert len(versions) == 1 and versions[0].run_id == meta["mlflow"]["run_id"]
+
+    # Predict the validation cases from their NIfTI files: with image_size equal to the
+    # scans' size no resampling happens, so per-case Dice must equal the search's.
+    val_cases = state["data_info"]["val_cases"]
+    scores = []
+    for case in val_cases:
+        written = predict_path(out, lv_small / "imagesTr" / f"{case}.nii.gz", tmp_path / f"{case}-pred.nii.gz")
+        pred_img = nib.load(written[0])
+        truth = nib.load(lv_small / "labelsTr" / f"{case}.nii.gz")
+        assert pred_img.shape == truth.shape
+        np.testing.assert_allclose(pred_img.affine, truth.affine)
+        scores.append(compute_dice(np.asarray(pred_img.dataobj), np.asarray(truth.dataobj), 2)[1])
+    assert float(np.mean(scores)) == pytest.approx(best["best_value"], abs=1e-6)
+
+
+def test_failing_trials_are_recorded_and_the_search_completes(local_ray, lv_small, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # A learning rate of 10 with leaky ReLU and plain cross-entropy drives the loss to
+    # NaN in the first epoch: a real divergence, raised as TrainingDiverged.
+    space = "learning_rate: {type: choice, values: [0.003, 10.0]}\nbase_filters: {type: choice, values: [4, 8]}\n"
+    job = _write_job(tmp_path, lv_small, space=space, sampler="random", trials=6,
+                     **{"learning_rate: 3.0e-3,": "learning_rate: 3.0e-3, activation: leaky_relu, loss: ce,"})
+    experiment = run_search(job, echo=lambda line: None)
+    results = json.loads((experiment / "results.json").read_text())
+    statuses = [t["status"] for t in results["trials"]]
+    assert len(statuses) == 6 and "failed" in statuses and set(statuses) - {"failed"}
+    failed = [t for t in results["trials"] if t["status"] == "failed"]
+    assert all(t["params"]["learning_rate"] == 10.0 and "diverged" in t["error"] for t in failed)
+    assert results["best"]["status"] != "failed"
+
+    state = json.loads((experiment / "hpsearch-search.json").read_text())
+    client, children = _children(state["tracking_uri"], state["parent_run_id"])
+    tagged = [c for c in children if c.data.tags.get("hpsearch.status") == "failed"]
+    assert len(tagged) == len(failed)
+    assert all("diverged" in c.data.tags.get("hpsearch.error", "") for c in tagged)
+    assert all(c.info.status == "FAILED" for c in tagged)
+
+
+def _hpsearch(*args, cwd: Path) -> subprocess.Popen:
+    exe = Path(sys.executable).with_name("hpsearch")
+    return subprocess.Popen(
+        [str(exe), *map(str, args)], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True, env={**os.environ, "RAY_ADDRESS": ""},
+    )
+
+
+def test_driver_killed_and_resumed(lv_small, tmp_path):
+    # No early stopping here (grace period = max epochs): every trial runs 6 epochs.
+    job = _write_job(tmp_path, lv_small, sampler="random", trials=6, **{"{epochs: 4,": "{epochs: 6,",
+                     "max_epochs: 4, grace_period: 1": "max_epochs: 6, grace_period: 6"})
+    driver = _hpsearch("run", job, cwd=tmp_path)
+    experiment = None
+    deadline = time.monotonic() + 240
+    # Kill once at least one trial has finished and others are mid-way.
+    while time.monotonic() < deadline:
+        exps = [p for p in (tmp_path / "results").glob("tiny-*") if (p / "hpsearch-search.json").is_file()]
+        if exps:
+            experiment = exps[0]
+            if any(_result_lines(trial) == 6 for trial in experiment.glob("trial_*")):
+                break
+        time.sleep(0.5)
+    assert experiment is not None, driver.communicate()[0][-3000:]
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    done_before = [t.name for t in experiment.glob("trial_*") if _result_lines(t) == 6]
+    assert not (experiment / "results.json").exists()
+
+    resumed = _hpsearch("resume", experiment, cwd=tmp_path)
+    output = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, output[-3000:]
+    results = json.loads((experiment / "results.json").read_text())
+    assert len(results["trials"]) == 6
+
+    state = json.loads((experiment / "hpsearch-search.json").read_text())
+    client, children = _children(state["tracking_uri"], state["parent_run_id"])
+    assert len(children) == 6, "a resumed search must continue the same child runs"
+    for child in children:
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_dice")]
+        assert steps == list(range(1, 7)), (child.info.run_id, steps)
+    assert done_before
+    for trial in done_before:
+        assert _result_lines(experiment / trial) == 6, f"{trial} finished before the kill but ran again"
+
+
+def _result_lines(trial_dir: Path) -> int:
+    path = trial_dir / "result.json"
+    return len(path.read_text().splitlines()) if path.is_file() else 0

@@ -1,0 +1,275 @@
+"""MLflowTracker with real Ray Tune (local Ray, 2 CPUs) and real MLflow stores, no mocks.
+
+Timing (2 CPUs): Ray start ~5 s, the ASHA search ~12 s, interrupt + restore ~15 s, the
+server outage test ~12 s (each ``mlflow server`` start takes ~5 s).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import ray
+import ray.cloudpickle
+from mlflow import MlflowClient
+from ray import tune
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import ASHAScheduler
+
+from hpsearch.tracking import MLflowTracker, start_search_run
+
+# Tune's workers cannot import this test module: ship its functions by value.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+MLFLOW = Path(sys.executable).with_name("mlflow")
+
+
+def trainable(config):
+    """Fake-but-computed epochs; a checkpoint every second epoch, so a restore replays one."""
+    start = 0
+    if checkpoint := tune.get_checkpoint():
+        with checkpoint.as_directory() as folder:
+            start = json.loads(Path(folder, "state.json").read_text())["epoch"]
+    for epoch in range(start + 1, config["epochs"] + 1):
+        if config["x"] == config.get("fail_x"):
+            if epoch == 2:
+                raise ValueError(f"boom at epoch {epoch}")
+        time.sleep(config.get("sleep", 0.02))
+        metrics = {"epoch": epoch, "loss": 1 / epoch, "val_loss": 1.5 / epoch, "lr": 1e-3,
+                   "val_dice": 1 - 1 / (epoch + 1 + config["x"]), "val_iou": 0.5,
+                   "val_dice_LV": 0.7, "epoch_seconds": 0.02, "unlogged": 1.0}
+        if epoch % 2:
+            tune.report(metrics)
+            continue
+        with tempfile.TemporaryDirectory() as folder:
+            Path(folder, "state.json").write_text(json.dumps({"epoch": epoch}))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(address="local", num_cpus=2, include_dashboard=False, ignore_reinit_error=True,
+             log_to_driver=False, _node_ip_address="127.0.0.1")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
+
+
+def children(client: MlflowClient, parent: str) -> dict[str, object]:
+    experiment = client.get_run(parent).info.experiment_id
+    runs = client.search_runs([experiment], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
+    return {run.data.params["x"]: run for run in runs}
+
+
+def steps(client: MlflowClient, run, key: str = "val_dice") -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
+
+
+def test_search_is_one_parent_with_nested_trials(store, tmp_path):
+    job = tmp_path / "demo.yaml"
+    job.write_text("name: demo\n")
+    parent = start_search_run(
+        store, "asha", run_name="search-1", params={"model": "unet", "dataset": {"image_size": [96, 96]},
+                                                   "long": "v" * 7000},
+        tags={"hpsearch.job": "demo", "mlflow.source.git.commit": "abc123"},
+        artifacts={"job.yaml": job, "spaces/space.yaml": job}, dataset_fingerprint={"cases": 8},
+        artifact_location=str(tmp_path / "artifacts"))
+    tracker = MLflowTracker.for_parent(store, parent)
+    tuner = tune.Tuner(
+        trainable, param_space={"x": tune.grid_search([3, 10, 1, 0]), "epochs": 5, "fail_x": 10},
+        tune_config=tune.TuneConfig(metric="val_dice", mode="max", scheduler=ASHAScheduler(
+            max_t=5, grace_period=1, reduction_factor=2)),
+        run_config=tune.RunConfig(name="asha", storage_path=str(tmp_path / "ray"), callbacks=[tracker],
+                                  failure_config=tune.FailureConfig(max_failures=1), verbose=0))
+    tuner.fit()
+    assert tracker.pending == 0
+
+    client = MlflowClient(store)
+    run = client.get_run(parent)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["dataset.image_size"] == "[96, 96]" and len(run.data.params["long"]) == 6000
+    assert run.data.tags["mlflow.source.git.commit"] == "abc123"
+    assert {a.path for a in client.list_artifacts(parent)} == {"job.yaml", "spaces", "dataset_fingerprint.json"}
+    fingerprint = client.download_artifacts(parent, "dataset_fingerprint.json", str(tmp_path))
+    assert json.loads(Path(fingerprint).read_text()) == {"cases": 8}
+
+    trials = children(client, parent)
+    assert sorted(trials) == ["0", "1", "10", "3"]
+    counts = collections.Counter(r.data.tags["hpsearch.status"] for r in trials.values())
+    assert run.data.tags["hpsearch.status"] == "finished" and run.data.tags["hpsearch.trials_total"] == "4"
+    for status in ("completed", "stopped_early", "failed"):  # x=1 may finish or be stopped
+        assert run.data.tags[f"hpsearch.trials_{status}"] == str(counts[status]) != "0"
+    for x, child in trials.items():
+        assert child.data.params["epochs"] == "5" and child.data.tags["hpsearch.trial_id"]
+        assert child.info.run_name.startswith("trial-")
+        history = steps(client, child)
+        assert history == list(range(1, len(history) + 1)), (x, history)  # 1..k, once each
+        assert steps(client, child, "training_iteration") == history
+        assert "unlogged" not in child.data.metrics and "val_dice_LV" in child.data.metrics
+
+    assert trials["3"].data.tags["hpsearch.status"] == "completed" and steps(client, trials["3"]) == [1, 2, 3, 4, 5]
+    assert trials["3"].data.metrics["best_val_dice"] == pytest.approx(1 - 1 / 9)
+    # x=0 reaches ASHA's first rung (epoch 1) below the others' median: stopped there.
+    weak = trials["0"].data.tags
+    assert weak["hpsearch.status"] == "stopped_early" and weak["hpsearch.stopped_at_epoch"] == "1"
+    assert weak["hpsearch.stopped_by"] == "scheduler" and trials["0"].info.status == "FINISHED"
+    assert trials["1"].data.tags["hpsearch.status"] in {"completed", "stopped_early"}
+    # x=10 fails at epoch 2 twice (one retry): failed only after the retry, epoch 1 logged once.
+    failed = trials["10"]
+    assert failed.info.status == "FAILED" and failed.data.tags["hpsearch.status"] == "failed"
+    assert failed.data.tags["hpsearch.error"].startswith("ValueError: boom at epoch 2")
+    assert len(failed.data.tags["hpsearch.error"]) <= 500
+    assert failed.data.tags["hpsearch.retries"] == "1" and steps(client, failed) == [1]
+
+
+class InterruptOnce(tune.Callback):
+    """Records every result Tune hands to callbacks; the first time a trial reports epoch 3
+    (its last checkpoint is epoch 2), stops the search the way Ctrl-C does (Tune's handler)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        with open(self.folder / "seen.txt", "a") as out:
+            out.write(f"{trial.trial_id} {result['training_iteration']}\n")
+        marker = self.folder / "interrupted"
+        if result["training_iteration"] == 3 and not marker.exists():
+            marker.touch()  # the restored search unpickles this callback: interrupt only once
+            os.kill(os.getpid(), signal.SIGUSR1)  # Tune's SIGINT/SIGUSR1 handler: save, stop
+
+
+def test_restored_search_logs_every_epoch_exactly_once(store, tmp_path):
+    parent = start_search_run(store, "resume", run_name="search-2", params={}, tags={},
+                              artifact_location=str(tmp_path / "artifacts"))
+    param_space = {"x": tune.grid_search([0, 1, 2]), "epochs": 6, "sleep": 0.1}
+    run_config = tune.RunConfig(name="resume", storage_path=str(tmp_path / "ray"), verbose=0,
+                                callbacks=[MLflowTracker.for_parent(store, parent), InterruptOnce(tmp_path)])
+    tune.Tuner(trainable, param_space=param_space, run_config=run_config).fit()
+
+    client = MlflowClient(store)
+    assert (tmp_path / "interrupted").exists()
+    run = client.get_run(parent)
+    assert run.info.status == "RUNNING" and run.data.tags["hpsearch.status"] == "interrupted"
+    before = children(client, parent)
+    assert before and all(r.info.status == "RUNNING" for r in before.values())
+    assert max(steps(client, r)[-1] for r in before.values()) < 6
+
+    # Tune restores the callbacks from tuner.pkl: a new MLflowTracker object, empty state.
+    tune.Tuner.restore(str(tmp_path / "ray" / "resume"), trainable, resume_errored=True).fit()
+
+    run = client.get_run(parent)
+    assert run.info.status == "FINISHED" and run.data.tags["hpsearch.trials_completed"] == "3"
+    after = children(client, parent)
+    assert sorted(after) == ["0", "1", "2"]
+    for x, child in after.items():
+        assert child.info.status == "FINISHED" and child.data.tags["hpsearch.status"] == "completed"
+        if x in before:
+            assert child.info.run_id == before[x].info.run_id  # continued, not duplicated
+        for key in ("val_dice", "loss", "training_iteration"):
+            assert steps(client, child, key) == [1, 2, 3, 4, 5, 6], (x, key)
+    seen = (tmp_path / "seen.txt").read_text().splitlines()
+    assert len(seen) > len(set(seen))  # some epoch really was replayed to the callbacks
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(folder: Path, port: int) -> subprocess.Popen:
+    server = subprocess.Popen(
+        [str(MLFLOW), "server", "--backend-store-uri", f"sqlite:///{folder}/server.db",
+         "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1"],
+        cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return server
+        except OSError:
+            time.sleep(0.1)
+    os.killpg(server.pid, signal.SIGKILL)
+    raise RuntimeError("mlflow server did not start within 30 s")
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    os.killpg(server.pid, signal.SIGKILL)  # a crash, not a shutdown
+    server.wait(timeout=10)
+
+
+def fake_trial(trial_id: str, epochs: int) -> Trial:
+    return Trial("trainable", config={"x": 1, "epochs": epochs}, trial_id=trial_id, stub=True)
+
+
+def report(tracker: MLflowTracker, trial: Trial, step: int, **metrics) -> None:
+    result = {"training_iteration": step, "val_dice": step / 10, "loss": 1.0, **metrics}
+    tracker.on_trial_result(iteration=step, trials=[trial], trial=trial, result=result)
+    trial.update_last_result(result)  # what Tune does after the callbacks
+
+
+def test_unreachable_server_queues_without_raising(caplog):
+    tracker = MLflowTracker(f"http://127.0.0.1:{free_port()}", "0", "no-such-parent")
+    trial = fake_trial("abc_00000", epochs=2)
+    with caplog.at_level(logging.WARNING, logger="hpsearch.tracking"):
+        tracker.on_trial_start(iteration=0, trials=[trial], trial=trial)
+        for step in (1, 2, 2):
+            report(tracker, trial, step)
+        tracker.on_trial_complete(iteration=3, trials=[trial], trial=trial)
+        started = time.monotonic()
+        assert tracker.flush(timeout_s=0.5) == 4  # start, epochs 1 and 2, end
+        assert time.monotonic() - started < 5
+    assert sum("unavailable" in r.message for r in caplog.records) == 1  # once per outage
+    assert any("4 tracking batches still pending" in r.message for r in caplog.records)
+
+
+def test_outage_is_replayed_in_order_exactly_once(tmp_path):
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = start_server(tmp_path, port)
+    try:
+        parent = start_search_run(uri, "outage", run_name="search-3", params={}, tags={})
+        tracker = MLflowTracker.for_parent(uri, parent)
+        trial = fake_trial("out_00000", epochs=4)
+        tracker.on_trial_start(iteration=0, trials=[trial], trial=trial)
+        report(tracker, trial, 1)
+        report(tracker, trial, 2)
+        assert tracker.pending == 0
+
+        stop_server(server)
+        report(tracker, trial, 3, loss=math.nan, val_loss=math.inf)
+        report(tracker, trial, 3)  # a replayed epoch while the first is still queued
+        report(tracker, trial, 4)
+        tracker.on_trial_complete(iteration=5, trials=[trial], trial=trial)
+        assert tracker.pending == 3  # epochs 3 and 4, the end of the trial
+
+        server = start_server(tmp_path, port)
+        assert tracker.flush(timeout_s=20) == 0
+        report(tracker, trial, 4)  # nothing may be sent twice after the outage either
+        client = MlflowClient(uri)
+        child = children(client, parent)["1"]
+        assert steps(client, child) == [1, 2, 3, 4]
+        assert steps(client, child, "loss") == [1, 2, 3, 4]
+        assert child.info.status == "FINISHED" and child.data.tags["hpsearch.status"] == "completed"
+        # MLflow 3 stores NaN as NaN and clamps +-inf to +-1.8e308: both kept, both flagged.
+        losses = {m.step: m.value for m in client.get_metric_history(child.info.run_id, "loss")}
+        assert math.isnan(losses[3]) and losses[4] == 1.0
+        assert child.data.tags["hpsearch.nonfinite_metrics"] == "loss,val_loss"
+        assert child.data.metrics["best_val_dice"] == pytest.approx(0.4)
+    finally:
+        stop_server(server)

@@ -145,6 +145,9 @@ def tracking_uri_of(job_path: Path) -> str:
 def _init_ray(address: str | None) -> None:
     import ray
 
+    # Checkpointing every epoch with num_to_keep=2 is deliberate (see tuner.py); Ray's
+    # "snapshotting may become a bottleneck" warning about it is noise at these sizes.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")

@@ -1,0 +1,103 @@
+"""What the search machinery costs: bare `hpsearch train` vs. the same trials in `hpsearch run`.
+
+Side by side, in one run, on the same machine state:
+
+* **bare**: N times ``hpsearch train`` of one configuration (a fresh process each, as a
+  user would run them by hand), ``--threads C``;
+* **search**: one ``hpsearch run`` of N trials of that same configuration (a search space
+  with a single-value choice), one at a time, ``cpus_per_trial: C``, no early stopping,
+  with everything on: Ray, Optuna, per-epoch checkpoints, MLflow logging.
+
+Reported: total wall time of each, the overhead per trial, and the time from the command
+to the first finished epoch. Run from the repository root:
+
+    .venv/bin/python benchmarks/search_overhead.py                 # ~30 s trials
+    .venv/bin/python benchmarks/search_overhead.py --smoke-test    # seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+HPSEARCH = Path(sys.executable).with_name("hpsearch")
+
+JOB = """\
+name: overhead
+dataset: {{path: {data}, synthetic: lv, synthetic_cases: {cases}, image_size: [{size}, {size}]}}
+model: unet
+params: {{epochs: {epochs}, depth: {depth}, base_filters: 16, batch_size: 8, learning_rate: 1.0e-3}}
+runtime: {{intra_op_threads: {cpus}, inter_op_threads: 1}}
+search_space: space.yaml
+search: {{sampler: random, num_trials: {trials}, max_concurrent: 1, seed: 0, max_failures: 0}}
+scheduler: {{type: none, max_epochs: {epochs}}}
+resources: {{cpus_per_trial: {cpus}}}
+tracking: {{uri: sqlite:///mlflow.db}}
+storage: results
+"""
+
+
+def timed(command: list[str], cwd: Path, marker: str) -> tuple[float, float | None]:
+    """Wall time of a command and the time until a line containing `marker` appeared."""
+    started = time.perf_counter()
+    first = None
+    with subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) as proc:
+        for line in proc.stdout:
+            if first is None and marker in line:
+                first = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed with exit code {proc.returncode}")
+    return time.perf_counter() - started, first
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--cpus", type=int, default=2)
+    parser.add_argument("--smoke-test", action="store_true")
+    args = parser.parse_args()
+    size, depth, cases = (96, 4, 24) if not args.smoke_test else (32, 2, 6)
+    epochs = args.epochs if not args.smoke_test else 2
+    work = Path(tempfile.mkdtemp(prefix="hpsearch-overhead-"))
+    os.environ["HPSEARCH_CACHE_DIR"] = str(work / "cache")
+    (work / "space.yaml").write_text("learning_rate: {type: choice, values: [1.0e-3]}\n")
+    (work / "job.yaml").write_text(
+        JOB.format(data=work / "data", cases=cases, size=size, epochs=epochs, depth=depth,
+                   cpus=args.cpus, trials=args.trials)
+    )
+    # Warm-up: generate the data and fill the preprocessing cache, so neither side pays it.
+    timed([str(HPSEARCH), "train", "job.yaml", "--set", "epochs=1"], work, "epoch")
+
+    bare_total, bare_first = 0.0, []
+    for _ in range(args.trials):
+        wall, first = timed([str(HPSEARCH), "train", "job.yaml", "--threads", str(args.cpus)], work, "epoch   1")
+        bare_total += wall
+        bare_first.append(first)
+
+    started = time.time()
+    search_total, _ = timed([str(HPSEARCH), "run", "job.yaml"], work, "best:")
+    experiment = next((work / "results").glob("overhead-*"))
+    first_results = []
+    for trial in experiment.glob("trial_*"):
+        lines = (trial / "result.json").read_text().splitlines()
+        first_results.append(json.loads(lines[0])["timestamp"])
+    search_first = min(first_results) - started
+
+    overhead = (search_total - bare_total) / args.trials
+    print(f"{args.trials} trials x {epochs} epochs, {size}x{size}, U-Net depth {depth}, {args.cpus} CPU(s) per trial")
+    print(f"bare `hpsearch train` x{args.trials}: {bare_total:7.1f} s  ({bare_total / args.trials:.1f} s per trial)")
+    print(f"`hpsearch run`:              {search_total:7.1f} s  ({search_total / args.trials:.1f} s per trial)")
+    print(f"search vs bare: {100 * (search_total / bare_total - 1):+.1f}% wall time, {overhead:+.2f} s per trial")
+    print(f"command to first epoch: bare {min(bare_first):.1f} s, search {search_first:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -99,3 +102,69 @@ def test_train_bad_job_and_bad_dataset_exit_2(tmp_path, lv_small):
     result = run("train", "job.yaml", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert len(errors(result)) == 1 and "lv_002.nii.gz: file is missing" in errors(result)[0]
+
+
+SEARCH = JOB + "search_space: space.yaml\nsearch: {num_trials: 2}\nscheduler: {max_epochs: 3, grace_period: 1}\n"
+
+
+@pytest.mark.parametrize(
+    "space, needle",
+    [
+        ("depth: {type: int, low: 2, high: 9}\n", "space.yaml: depth: value 9 is out of range for 'unet'"),
+        ("lr: {type: uniform, low: 0.1, high: 0.2}\n", "space.yaml: lr: not a hyperparameter of model 'unet'"),
+        ("learning_rate: {type: loguniform, low: 0, high: 0.1}\n", "a log scale needs low > 0"),
+    ],
+)
+def test_run_refuses_bad_search_space_before_ray_starts(tmp_path, space, needle):
+    (tmp_path / "job.yaml").write_text(SEARCH)
+    (tmp_path / "space.yaml").write_text(space)
+    result = run("run", "job.yaml", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(errors(result)) == 1 and needle in errors(result)[0], errors(result)
+    assert not (tmp_path / "results").exists() and not (tmp_path / "data").exists()
+
+
+def test_run_refuses_unreachable_tracking_server(tmp_path):
+    (tmp_path / "job.yaml").write_text(SEARCH + "tracking: {uri: 'http://127.0.0.1:9'}\n")
+    (tmp_path / "space.yaml").write_text("learning_rate: {type: loguniform, low: 1.0e-4, high: 1.0e-2}\n")
+    result = run("run", "job.yaml", "--set", "dataset.path=nowhere", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "tracking.uri http://127.0.0.1:9: MLflow is not reachable" in errors(result)[0]
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["resume", "."], "not an hpsearch experiment folder"),
+        (["export", ".", "--out", "m"], "not an hpsearch experiment folder"),
+        (["predict", "nomodel", "x.nii.gz", "y.nii.gz"], "nomodel"),
+    ],
+)
+def test_search_commands_on_wrong_folders(tmp_path, args, needle):
+    result = run(*args, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert needle in errors(result)[0], errors(result)
+
+
+def test_ui_serves_the_job_store_on_loopback(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (tmp_path / "job.yaml").write_text(SEARCH)
+    proc = subprocess.Popen([*COMMAND, "ui", "job.yaml", "--port", str(port)], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        first = next(line for line in proc.stdout if line.startswith("MLflow UI"))
+        assert f"http://127.0.0.1:{port}" in first and str(tmp_path / "mlflow.db") in first
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:
+                    assert response.status == 200
+                    break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, "MLflow UI did not come up"
+                time.sleep(1)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -174,10 +174,10 @@ def _tracking_uri(uri: str) -> str:
 
 
 def _check_tracking(uri: str) -> None:
-    import mlflow
+    from hpsearch.tracking import check_reachable
 
     try:
-        mlflow.MlflowClient(uri).search_experiments(max_results=1)
+        check_reachable(uri)
     except Exception as exc:  # connection refused, bad scheme, unwritable database ...
         raise HpsearchError(
             f"tracking.uri {uri}: MLflow is not reachable ({type(exc).__name__}: "

@@ -103,7 +103,7 @@ def _finish(tuner: tune.Tuner, job: Job, experiment_dir: Path, echo: Echo) -> Pa
          f"by ASHA, {counts['failed']} failed; results in {path}")
     if rows and rows[0].status != "failed":
         best = rows[0]
-        shown = ", ".join(f"{k}={results_mod._fmt(v)}" for k, v in sorted(best.params.items()))
+        shown = ", ".join(f"{k}={results_mod.format_value(v)}" for k, v in sorted(best.params.items()))
         echo(f"best: trial {best.trial_id} {job.search.metric}={best.best_value:.4f} at epoch "
              f"{best.best_epoch} with {shown}")
     return experiment_dir

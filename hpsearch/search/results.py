@@ -88,7 +88,7 @@ def format_table(rows: list[TrialSummary], metric: str, top: int = 10) -> str:
         status = row.status if row.status != "stopped_early" else f"ASHA stop @{row.epochs_run}"
         lines.append(
             [row.trial_id, f"{row.best_value:.4f}", str(row.best_epoch), f"{row.epochs_run}/{row.epoch_cap}",
-             status, *(_fmt(row.params.get(n)) for n in names)]
+             status, *(format_value(row.params.get(n)) for n in names)]
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
@@ -102,7 +102,8 @@ def write_results(experiment_dir: Path, rows: list[TrialSummary], metric: str, m
         "best": dataclasses.asdict(rows[0]) if rows else None,
         "trials": [dataclasses.asdict(row) for row in rows],
     }
-    path.write_text(json.dumps(payload, indent=2, default=_json_default))
+    # NaN (a trial with no finite score) stays NaN: Python's json reads it back.
+    path.write_text(json.dumps(payload, indent=2, default=str))
     return path
 
 
@@ -140,13 +141,8 @@ def _first_line(error: BaseException | None) -> str:
     return (text[-1] if text else type(error).__name__)[:500]
 
 
-def _fmt(value: Any) -> str:
+def format_value(value: Any) -> str:
+    """A parameter value as the results table shows it."""
     if isinstance(value, float):
         return f"{value:.3g}"
     return "" if value is None else str(value)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return str(value)

@@ -1,7 +1,6 @@
 """Tests for the hpsearch.models registry and the options models."""
 
 import inspect
-import keras
 import pydantic
 import pytest
 

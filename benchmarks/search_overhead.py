@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,14 +45,19 @@ storage: results
 """
 
 
-def timed(command: list[str], cwd: Path, marker: str) -> tuple[float, float | None]:
-    """Wall time of a command and the time until a line containing `marker` appeared."""
+def timed(command: list[str], cwd: Path, marker: str, epochs: list[float] | None = None):
+    """Wall time of a command and the time until a line containing `marker` appeared.
+
+    Epoch lines of `hpsearch train` ("epoch  3 ... 3.2s") add their seconds to `epochs`.
+    """
     started = time.perf_counter()
     first = None
     with subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) as proc:
         for line in proc.stdout:
             if first is None and marker in line:
                 first = time.perf_counter() - started
+            if epochs is not None and line.startswith("epoch "):
+                epochs.append(float(line.rsplit(maxsplit=1)[-1].rstrip("s")))
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed with exit code {proc.returncode}")
     return time.perf_counter() - started, first
@@ -76,20 +82,25 @@ def main() -> None:
     # Warm-up: generate the data and fill the preprocessing cache, so neither side pays it.
     timed([str(HPSEARCH), "train", "job.yaml", "--set", "epochs=1"], work, "epoch")
 
-    bare_total, bare_first = 0.0, []
+    bare_total, bare_first, bare_epochs = 0.0, [], []
     for _ in range(args.trials):
-        wall, first = timed([str(HPSEARCH), "train", "job.yaml", "--threads", str(args.cpus)], work, "epoch   1")
+        command = [str(HPSEARCH), "train", "job.yaml", "--threads", str(args.cpus)]
+        wall, first = timed(command, work, "epoch   1", bare_epochs)
         bare_total += wall
         bare_first.append(first)
 
     started = time.time()
     search_total, _ = timed([str(HPSEARCH), "run", "job.yaml"], work, "best:")
     experiment = next((work / "results").glob("overhead-*"))
-    first_results = []
+    first_results, search_epochs, spans = [], [], []
     for trial in experiment.glob("trial_*"):
-        lines = (trial / "result.json").read_text().splitlines()
-        first_results.append(json.loads(lines[0])["timestamp"])
+        rows = [json.loads(line) for line in (trial / "result.json").read_text().splitlines()]
+        first_results.append(rows[0]["timestamp"])
+        search_epochs += [row["epoch_seconds"] for row in rows]
+        spans.append((rows[0]["timestamp"] - rows[0]["time_this_iter_s"], rows[-1]["timestamp"]))
     search_first = min(first_results) - started
+    spans.sort()
+    gaps = [later[0] - earlier[1] for earlier, later in zip(spans, spans[1:])]
 
     overhead = (search_total - bare_total) / args.trials
     print(f"{args.trials} trials x {epochs} epochs, {size}x{size}, U-Net depth {depth}, {args.cpus} CPU(s) per trial")
@@ -97,6 +108,9 @@ def main() -> None:
     print(f"`hpsearch run`:              {search_total:7.1f} s  ({search_total / args.trials:.1f} s per trial)")
     print(f"search vs bare: {100 * (search_total / bare_total - 1):+.1f}% wall time, {overhead:+.2f} s per trial")
     print(f"command to first epoch: bare {min(bare_first):.1f} s, search {search_first:.1f} s")
+    print(f"median epoch: bare {statistics.median(bare_epochs):.2f} s, in a trial {statistics.median(search_epochs):.2f} s")
+    if gaps:
+        print(f"between consecutive trials (reset, checkpoint, tracking): {statistics.mean(gaps):.2f} s")
 
 
 if __name__ == "__main__":

@@ -157,13 +157,15 @@ def test_driver_killed_and_resumed(lv_small, tmp_path):
         exps = [p for p in (tmp_path / "results").glob("tiny-*") if (p / "hpsearch-search.json").is_file()]
         if exps:
             experiment = exps[0]
-            if any(_result_lines(trial) == 6 for trial in experiment.glob("trial_*")):
+            if _persisted_finished(experiment):
                 break
         time.sleep(0.5)
     assert experiment is not None, driver.communicate()[0][-3000:]
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
-    done_before = [t.name for t in experiment.glob("trial_*") if _result_lines(t) == 6]
+    # "Finished" is what Ray's persisted experiment state says: a trial that ended after
+    # the last snapshot is unfinished to any driver, and resumes from its checkpoint.
+    done_before = {name: _result_lines(experiment / name) for name in _persisted_finished(experiment)}
     assert not (experiment / "results.json").exists()
 
     resumed = _hpsearch("resume", experiment, cwd=tmp_path)
@@ -179,8 +181,21 @@ def test_driver_killed_and_resumed(lv_small, tmp_path):
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_dice")]
         assert steps == list(range(1, 7)), (child.info.run_id, steps)
     assert done_before
-    for trial in done_before:
-        assert _result_lines(experiment / trial) == 6, f"{trial} finished before the kill but ran again"
+    for trial, lines in done_before.items():
+        assert _result_lines(experiment / trial) == lines, f"{trial} finished before the kill but ran again"
+
+
+def _persisted_finished(experiment: Path) -> list[str]:
+    """Trial folders that Ray's latest experiment-state snapshot records as TERMINATED."""
+    snapshots = sorted(experiment.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    if not snapshots:
+        return []
+    try:
+        state = json.loads(snapshots[-1].read_text())
+    except ValueError:  # caught mid-write
+        return []
+    trials = [json.loads(entry[0]) for entry in state["trial_data"]]
+    return [f"trial_{t['trial_id']}" for t in trials if t.get("status") == "TERMINATED"]
 
 
 def _result_lines(trial_dir: Path) -> int:

@@ -21,7 +21,7 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from hpsearch.models import get_family
+from hpsearch.models.options import options_for
 
 
 class TrainParams(BaseModel):
@@ -56,14 +56,11 @@ class TrainParams(BaseModel):
 @functools.cache
 def params_model(model: str) -> type[BaseModel]:
     """The pydantic model of all hyperparameters of a model family."""
-    family = get_family(model)
-    clash = set(TrainParams.model_fields) & set(family.options.model_fields)
+    options = options_for(model)
+    clash = set(TrainParams.model_fields) & set(options.model_fields)
     if clash:  # a programming error in a model family, not a user error
         raise TypeError(f"model options {sorted(clash)} shadow training parameters")
-    return create_model(
-        f"{family.options.__name__.removesuffix('Options')}Params",
-        __base__=(TrainParams, family.options),
-    )
+    return create_model(f"{options.__name__.removesuffix('Options')}Params", __base__=(TrainParams, options))
 
 
 def validate_params(model: str, params: Mapping[str, Any] | BaseModel) -> Any:

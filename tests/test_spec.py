@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -77,3 +79,16 @@ def test_bad_overrides(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(HpsearchError, match="file not found"):
         load_job(tmp_path / "nope.yaml")
+
+
+def test_validating_jobs_and_driving_a_search_do_not_import_tensorflow():
+    # The search driver validates files and talks to Ray and MLflow; TensorFlow (3 s,
+    # 0.7 GB) belongs in the trials only.
+    code = (
+        "import sys, hpsearch.search.driver, hpsearch.spec, hpsearch.space, hpsearch.models;"
+        "hpsearch.spec.load_job(sys.argv[1]);"
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'imported'"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(REPO / "jobs" / "demo.yaml")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-1500:]

@@ -1,92 +1,37 @@
-"""Segmentation model families, looked up by name.
+"""Segmentation model families: U-Net and the DLI lab's FCN, looked up by name.
 
-Each family pairs a builder (a plain function of explicit arguments returning
-a ``keras.Model`` of float32 per-pixel logits) with the pydantic model of its
-options, which job files are validated against.
+Each family pairs a builder (a plain function of explicit arguments returning a
+``keras.Model`` of float32 per-pixel logits) with the pydantic model of its options.
+The options (:mod:`hpsearch.models.options`) import without Keras; the builders and
+the registry load Keras on first use, so validating a job never starts TensorFlow.
 
 Example:
-    >>> from hpsearch.models import build_model, get_family
+    >>> from hpsearch.models import build_model
     >>> model = build_model("unet", (37, 41, 1), 2, depth=2, base_filters=4)
     >>> tuple(model.output.shape)
     (None, 37, 41, 2)
-    >>> get_family("fcn").options().depth
-    2
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Sequence
-from typing import Any
+import importlib
 
-import keras
-import pydantic
+from hpsearch.models.options import MODEL_OPTIONS, FCNOptions, UNetOptions, options_for
 
-from hpsearch.models.fcn import FCNOptions, build_fcn
-from hpsearch.models.unet import UNetOptions, build_unet
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelFamily:
-    """A model architecture selectable by name.
-
-    Attributes:
-        name: Registry key, as written in job files.
-        build: ``build(input_shape, num_classes, **options) -> keras.Model``.
-        options: Pydantic model of the keyword options of ``build``.
-    """
-
-    name: str
-    build: Callable[..., keras.Model]
-    options: type[pydantic.BaseModel]
-
-
-MODELS: dict[str, ModelFamily] = {
-    "unet": ModelFamily("unet", build_unet, UNetOptions),
-    "fcn": ModelFamily("fcn", build_fcn, FCNOptions),
+_LAZY = {
+    "build_unet": "hpsearch.models.unet",
+    "build_fcn": "hpsearch.models.fcn",
+    "ModelFamily": "hpsearch.models.registry",
+    "MODELS": "hpsearch.models.registry",
+    "get_family": "hpsearch.models.registry",
+    "build_model": "hpsearch.models.registry",
 }
 
-
-def get_family(name: str) -> ModelFamily:
-    """Returns the model family registered as ``name``.
-
-    Raises:
-        ValueError: Unknown name; the message lists the known ones.
-    """
-    try:
-        return MODELS[name]
-    except (KeyError, TypeError):
-        known = ", ".join(repr(n) for n in sorted(MODELS))
-        raise ValueError(f"unknown model {name!r}; expected one of: {known}") from None
+__all__ = ["FCNOptions", "MODEL_OPTIONS", "UNetOptions", "options_for", *sorted(_LAZY)]
 
 
-def build_model(
-    name: str, input_shape: Sequence[int], num_classes: int, **options: Any
-) -> keras.Model:
-    """Validates ``options`` against the family's options model, then builds.
-
-    Args:
-        name: Registry key (``"unet"`` or ``"fcn"``).
-        input_shape: Static ``(height, width, channels)``.
-        num_classes: Number of output logits per pixel.
-        **options: Family options; missing ones take the defaults.
-
-    Raises:
-        ValueError: Unknown model name, or a bad input_shape / num_classes.
-        pydantic.ValidationError: An option is unknown or out of range.
-    """
-    family = get_family(name)
-    validated = family.options(**options)
-    return family.build(tuple(input_shape), num_classes, **validated.model_dump())
-
-
-__all__ = [
-    "FCNOptions",
-    "MODELS",
-    "ModelFamily",
-    "UNetOptions",
-    "build_fcn",
-    "build_model",
-    "build_unet",
-    "get_family",
-]
+def __getattr__(name: str):
+    # PEP 562: Keras is imported only when a builder or the registry is asked for.
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'hpsearch.models' has no attribute {name!r}")

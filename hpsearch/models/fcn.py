@@ -19,25 +19,10 @@ Example:
 
 from __future__ import annotations
 
-from typing import Literal
-
 import keras
-import pydantic
-from pydantic import Field
 
 from hpsearch.models import blocks
-
-
-class FCNOptions(pydantic.BaseModel):
-    """FCN options of a job file; field names and defaults match :func:`build_fcn`."""
-
-    model_config = pydantic.ConfigDict(extra="forbid")
-
-    depth: int = Field(2, ge=1, le=3)
-    base_filters: int = Field(100, ge=1, le=512)
-    norm: Literal["none", "batch", "instance"] = "none"
-    activation: Literal["relu", "leaky_relu"] = "relu"
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+from hpsearch.models.options import FCNOptions
 
 
 def build_fcn(

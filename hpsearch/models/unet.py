@@ -19,30 +19,14 @@ Example:
 
 from __future__ import annotations
 
-from typing import Literal
-
 import keras
-import pydantic
-from pydantic import Field
 
 from hpsearch.models import blocks
+from hpsearch.models.options import UNetOptions
 
 # Each level runs two 3x3 convs; unpadded, each trims one pixel per side.
 _CONVS_PER_LEVEL = 2
 _VALID_TRIM = 2 * _CONVS_PER_LEVEL
-
-
-class UNetOptions(pydantic.BaseModel):
-    """U-Net options of a job file; field names and defaults match :func:`build_unet`."""
-
-    model_config = pydantic.ConfigDict(extra="forbid")
-
-    depth: int = Field(4, ge=1, le=6)
-    base_filters: int = Field(16, ge=1, le=256)
-    padding: Literal["same", "valid"] = "same"
-    norm: Literal["none", "batch", "instance"] = "none"
-    activation: Literal["relu", "leaky_relu"] = "relu"
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
 
 def valid_output_size(size: int, depth: int) -> int | None:

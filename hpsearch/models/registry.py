@@ -23,7 +23,7 @@ import keras
 import pydantic
 
 from hpsearch.models.fcn import build_fcn
-from hpsearch.models.options import FCNOptions, UNetOptions
+from hpsearch.models.options import FCNOptions, UNetOptions, options_for
 from hpsearch.models.unet import build_unet
 
 
@@ -54,11 +54,8 @@ def get_family(name: str) -> ModelFamily:
     Raises:
         ValueError: Unknown name; the message lists the known ones.
     """
-    try:
-        return MODELS[name]
-    except (KeyError, TypeError):
-        known = ", ".join(repr(n) for n in sorted(MODELS))
-        raise ValueError(f"unknown model {name!r}; expected one of: {known}") from None
+    options_for(name)  # the one place that names the known families in its error
+    return MODELS[name]
 
 
 def build_model(

@@ -25,7 +25,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import optuna.distributions as od
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 from hpsearch.errors import HpsearchError
 from hpsearch.files import format_validation_error, read_yaml

@@ -26,13 +26,17 @@ from typing import Any, Iterable, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from hpsearch.files import format_validation_error, read_yaml
-
 from hpsearch.data.config import DatasetConfig
 from hpsearch.errors import HpsearchError
+from hpsearch.files import format_validation_error, read_yaml
 from hpsearch.params import validate_params
 from hpsearch.runtime import RuntimeConfig
-from hpsearch.search.config import ResourcesConfig, SchedulerConfig, SearchConfig, TrackingConfig
+from hpsearch.search.config import (
+    ResourcesConfig,
+    SchedulerConfig,
+    SearchConfig,
+    TrackingConfig,
+)
 
 
 class Job(BaseModel):

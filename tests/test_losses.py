@@ -7,7 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from hpsearch.losses import LOSSES, ce_dice_loss, cross_entropy_loss, get_loss, soft_dice_loss
+from hpsearch.losses import (
+    LOSSES,
+    ce_dice_loss,
+    cross_entropy_loss,
+    get_loss,
+    soft_dice_loss,
+)
 
 
 def _logits(probabilities):

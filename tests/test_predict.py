@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 from helpers import AFFINE, predict, snapshot, write_nifti
 
-from hpsearch.data import DatasetConfig, PreprocessConfig, load_dataset, preprocess_volume
+from hpsearch.data import (
+    DatasetConfig,
+    PreprocessConfig,
+    load_dataset,
+    preprocess_volume,
+)
 from hpsearch.errors import HpsearchError
 from hpsearch.export import export_model
 from hpsearch.predict import ExportedModel, predict_path, to_label_values

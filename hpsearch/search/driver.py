@@ -17,7 +17,12 @@ from ray import tune
 from hpsearch.data import load_dataset
 from hpsearch.errors import HpsearchError
 from hpsearch.search import results as results_mod
-from hpsearch.search.tuner import build_tuner, read_search_state, restore_tuner, write_search_state
+from hpsearch.search.tuner import (
+    build_tuner,
+    read_search_state,
+    restore_tuner,
+    write_search_state,
+)
 from hpsearch.space import load_space
 from hpsearch.spec import Job, load_job
 

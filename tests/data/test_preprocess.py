@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 from helpers import tissue_case, write_msd
 
-from hpsearch.data import PreprocessConfig, fit_in_plane, normalize_intensities, read_index, split_cases
+from hpsearch.data import (
+    PreprocessConfig,
+    fit_in_plane,
+    normalize_intensities,
+    read_index,
+    split_cases,
+)
 from hpsearch.data.preprocess import prepare
 from hpsearch.errors import HpsearchError
 

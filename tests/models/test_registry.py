@@ -1,6 +1,7 @@
 """Tests for the hpsearch.models registry and the options models."""
 
 import inspect
+
 import pydantic
 import pytest
 

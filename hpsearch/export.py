@@ -36,12 +36,11 @@ import numpy as np
 from hpsearch.errors import HpsearchError
 from hpsearch.models import build_model
 from hpsearch.params import model_options, validate_params
-from hpsearch.trainer import STATE_FILE
+from hpsearch.trainer import BEST_WEIGHTS_FILE, STATE_FILE, load_arrays
 
 EXPORT_FORMAT = 1
 MODEL_FILE = "model.keras"
 META_FILE = "hpsearch-model.json"
-BEST_WEIGHTS = "best_weights.npz"
 
 
 def export_model(
@@ -71,9 +70,9 @@ def export_model(
     """
     checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
     state_file = checkpoint_dir / STATE_FILE
-    if not state_file.is_file() or not (checkpoint_dir / BEST_WEIGHTS).is_file():
+    if not state_file.is_file() or not (checkpoint_dir / BEST_WEIGHTS_FILE).is_file():
         raise HpsearchError(
-            f"{checkpoint_dir}: no {STATE_FILE} or {BEST_WEIGHTS}; not a complete trainer checkpoint"
+            f"{checkpoint_dir}: no {STATE_FILE} or {BEST_WEIGHTS_FILE}; not a complete trainer checkpoint"
         )
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise HpsearchError(f"{out_dir}: already exists and is not empty; choose another export folder")
@@ -102,12 +101,11 @@ def export_model(
         model = build_model(state["model"], input_shape, num_classes, **model_options(params))
     finally:
         keras.mixed_precision.set_global_policy(policy)
-    with np.load(checkpoint_dir / BEST_WEIGHTS) as archive:
-        weights = [archive[f"arr_{i}"] for i in range(len(archive.files))]
+    weights = load_arrays(checkpoint_dir / BEST_WEIGHTS_FILE)
     expected = [tuple(w.shape) for w in model.weights]
     if [tuple(w.shape) for w in weights] != expected:
         raise HpsearchError(
-            f"{checkpoint_dir / BEST_WEIGHTS}: weights do not fit a {state['model']} for input "
+            f"{checkpoint_dir / BEST_WEIGHTS_FILE}: weights do not fit a {state['model']} for input "
             f"{input_shape} and {num_classes} classes; is data_info the training data's?"
         )
     model.set_weights(weights)

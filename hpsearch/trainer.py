@@ -37,7 +37,7 @@ from hpsearch.models import build_model
 from hpsearch.params import TrainParams, model_options, train_options, validate_params
 
 STATE_FILE = "trainer_state.json"
-_ARRAY_FILES = ("weights.npz", "best_weights.npz", "optimizer.npz")
+BEST_WEIGHTS_FILE = "best_weights.npz"
 
 
 class TrainingDiverged(HpsearchError):
@@ -234,7 +234,7 @@ class Trainer:
         directory.mkdir(parents=True, exist_ok=True)
         arrays = {
             "weights.npz": self.model.get_weights(),
-            "best_weights.npz": self._best_weights or self.model.get_weights(),
+            BEST_WEIGHTS_FILE: self._best_weights or self.model.get_weights(),
             "optimizer.npz": [np.asarray(v) for v in self.optimizer.variables],
         }
         for name, values in arrays.items():
@@ -268,16 +268,16 @@ class Trainer:
             raise HpsearchError(
                 f"{directory}: checkpoint of model '{state['model']}', trainer is '{self.model_name}'"
             )
-        self.model.set_weights(_load_arrays(directory / "weights.npz"))
+        self.model.set_weights(load_arrays(directory / "weights.npz"))
         if not self.optimizer.built:
             self.optimizer.build(self.model.trainable_variables)
-        for variable, value in zip(self.optimizer.variables, _load_arrays(directory / "optimizer.npz")):
+        for variable, value in zip(self.optimizer.variables, load_arrays(directory / "optimizer.npz")):
             variable.assign(value)
         self.epoch = state["epoch"]
         self.best_epoch = state["best_epoch"]
         has_best = state["best_val_dice"] is not None
         self.best_val_dice = state["best_val_dice"] if has_best else -math.inf
-        self._best_weights = _load_arrays(directory / "best_weights.npz") if has_best else None
+        self._best_weights = load_arrays(directory / BEST_WEIGHTS_FILE) if has_best else None
         self.history = list(state["history"])
 
 
@@ -301,6 +301,7 @@ def _atomic_write(path: Path, write: Callable) -> None:
     os.replace(partial, path)
 
 
-def _load_arrays(path: Path) -> list[np.ndarray]:
+def load_arrays(path: Path) -> list[np.ndarray]:
+    """The arrays of a checkpoint file (``weights.npz``, ...) in the order they were saved."""
     with np.load(path) as archive:
         return [archive[f"arr_{i}"] for i in range(len(archive.files))]

@@ -81,3 +81,13 @@ def snapshot(root: Path) -> dict[str, tuple[int, int]]:
 def predict(model, x):
     """A direct model call: skips predict()'s per-model tf.function tracing, faster in tests."""
     return np.asarray(model(x, training=False))
+
+
+def assert_safe_mode_round_trip(model, path: Path, seed: int = 0) -> None:
+    """Save as .keras, reload with safe_mode=True, and compare outputs on random input."""
+    import keras
+
+    model.save(path)
+    loaded = keras.models.load_model(path, safe_mode=True)
+    x = np.random.default_rng(seed).normal(size=(2, *model.input_shape[1:])).astype("float32")
+    np.testing.assert_allclose(predict(loaded, x), predict(model, x), rtol=1e-6, atol=1e-6)

@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 import pytest
-from helpers import predict
+from helpers import assert_safe_mode_round_trip, predict
 
 from hpsearch.models.fcn import build_fcn
 
@@ -78,11 +78,7 @@ def test_mixed_precision_logits_stay_float32():
 @pytest.mark.parametrize("norm", ["batch", "instance"])
 def test_safe_mode_save_load_round_trip(tmp_path, norm):
     model = build_fcn((37, 41, 1), 2, depth=2, base_filters=2, norm=norm, dropout=0.2)
-    path = tmp_path / "fcn.keras"
-    model.save(path)
-    loaded = keras.models.load_model(path, safe_mode=True)
-    x = np.random.default_rng(1).normal(size=(2, 37, 41, 1)).astype("float32")
-    np.testing.assert_allclose(predict(loaded, x), predict(model, x), rtol=1e-6, atol=1e-6)
+    assert_safe_mode_round_trip(model, tmp_path / "fcn.keras", seed=1)
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 import pytest
-from helpers import predict
+from helpers import assert_safe_mode_round_trip, predict
 
 from hpsearch.models.unet import (
     build_unet,
@@ -190,11 +190,7 @@ def test_safe_mode_save_load_round_trip(tmp_path, padding, norm):
     model = build_unet((37, 41, 1), 3, depth=np.int64(2), base_filters=np.int64(2),
                        padding=padding, norm=norm, activation="leaky_relu",
                        dropout=np.float32(0.1))
-    path = tmp_path / "unet.keras"
-    model.save(path)
-    loaded = keras.models.load_model(path, safe_mode=True)
-    x = np.random.default_rng(3).normal(size=(2, 37, 41, 1)).astype("float32")
-    np.testing.assert_allclose(predict(loaded, x), predict(model, x), rtol=1e-6, atol=1e-6)
+    assert_safe_mode_round_trip(model, tmp_path / "unet.keras", seed=3)
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

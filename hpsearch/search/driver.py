@@ -159,8 +159,9 @@ def _init_ray(address: str | None) -> None:
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        # The embedded default: a private local Ray on loopback, no dashboard.
-        ray.init(include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+        # The embedded default: a private local Ray on loopback, no dashboard. "local"
+        # because a bare ray.init() would attach to whatever `ray start` ran last here.
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
 
 
 def _storage_path(storage: str) -> str:

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from hpsearch.cluster.commands import add_commands as add_cluster_commands
 from hpsearch.errors import HpsearchError
 
 EXIT_USER_ERROR = 2
@@ -81,6 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("input", type=Path, help="a NIfTI file or a folder of them")
     predict.add_argument("output", type=Path, help="output file (for a file) or new folder (for a folder)")
     predict.set_defaults(func=_cmd_predict)
+
+    add_cluster_commands(commands)
 
     data = commands.add_parser("data", help="inspect or generate datasets").add_subparsers(
         dest="data_command", required=True, metavar="SUBCOMMAND"

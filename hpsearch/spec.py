@@ -20,8 +20,9 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -35,6 +36,7 @@ from hpsearch.search.config import (
     ResourcesConfig,
     SchedulerConfig,
     SearchConfig,
+    StorageConfig,
     TrackingConfig,
 )
 
@@ -54,8 +56,8 @@ class Job(BaseModel):
         scheduler: Early stopping (ASHA) and the epoch cap.
         resources: CPUs and GPUs per trial.
         tracking: MLflow URI and experiment.
-        storage: Ray Tune experiment storage: a local folder, a shared path or
-            ``s3://`` on clusters.
+        storage: Where checkpoints and experiment folders go, and whether every node
+            of a cluster sees the same folder.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -70,7 +72,7 @@ class Job(BaseModel):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
-    storage: str = "results"
+    storage: StorageConfig = Field(default_factory=StorageConfig)
 
     def trial_params(self) -> BaseModel:
         """The job's hyperparameters with every default filled in."""
@@ -116,6 +118,8 @@ def _apply_override(raw: dict[str, Any], override: str, path: Path) -> None:
     node = raw
     for part in parts[:-1]:
         child = node.setdefault(part, {})
+        if part == "storage" and isinstance(child, str):  # the `storage: results` shorthand
+            child = node[part] = {"path": child}
         if not isinstance(child, dict):
             raise HpsearchError(f"--set {override!r}: {part} in {path} is not a mapping")
         node = child

@@ -32,8 +32,9 @@ import numbers
 import os
 import re
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
@@ -47,6 +48,7 @@ STEP_METRIC = "training_iteration"  # in every batch: the run's high-water mark
 BEST_METRIC = "val_dice"
 MAX_PARAM_LENGTH, MAX_TAG_LENGTH = 6000, 8000  # MLflow's limits on values
 NONFINITE_TAG = "hpsearch.nonfinite_metrics"
+NODE_KEY = "node_id"  # a trial's results name the Ray node that produced them
 ENDED = frozenset({"completed", "stopped_early", "failed"})
 # Errors a retry cannot fix (a bad key, a deleted run) drop the write rather than block the queue
 # forever; others (refused connection, timeout, 5xx, a locked database) are an outage: retried.
@@ -170,6 +172,7 @@ class MLflowTracker(Callback):
         # queued, the hpsearch.status it ended with, non-finite metric keys.
         self._run_ids, self._hwm, self._queued, self._outcome = {}, {}, {}, {}
         self._nonfinite: dict[str, set[str]] = collections.defaultdict(set)
+        self._nodes: dict[str, list[str]] = collections.defaultdict(list)  # Ray nodes, in order
         # Trial ids with a queued start, whose run this process ended, that Tune stopped.
         self._started, self._closed, self._done_by_tune = set(), set(), set()
         self._outage = False
@@ -195,6 +198,11 @@ class MLflowTracker(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         tid, step, seen = trial.trial_id, result.get(STEP_METRIC), self._queued.get(trial.trial_id, 0)
+        node = result.get(NODE_KEY)
+        if node and self._nodes[tid][-1:] != [node]:  # first result, or moved after a restore
+            self._nodes[tid].append(node)
+            self._push(trial, _Op(tid, "tags", tags={
+                "hpsearch.node_id": node, "hpsearch.nodes": ",".join(self._nodes[tid])}))
         if not isinstance(step, numbers.Integral) or step <= max(self._hwm.get(tid, 0), seen):
             return self._push(trial, None)  # an epoch a restored trial replays: logged already
         if result.get("done"):  # set by Tune on a STOP decision (scheduler, stopper)

@@ -1,7 +1,8 @@
 """The search sections of a job file, grouped by concern as Ray Tune groups its own.
 
 ``search`` (what to propose and how many), ``scheduler`` (when to stop a trial early),
-``resources`` (what one trial gets), ``tracking`` (where MLflow records it).
+``resources`` (what one trial gets), ``tracking`` (where MLflow records it), ``storage``
+(where checkpoints go, and whether every node sees them).
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from hpsearch.errors import HpsearchError
 
 
 class _Section(BaseModel):
@@ -86,3 +89,51 @@ class TrackingConfig(_Section):
 
     uri: str = "sqlite:///mlflow.db"
     experiment: str | None = None
+
+
+class StorageConfig(_Section):
+    """Attributes:
+    path: Folder where Ray Tune keeps trial checkpoints and hpsearch its experiment
+        folders; relative to the working directory. A job file may give
+        ``storage: results`` as a shorthand for ``storage: {path: results}``.
+    shared: The folder is the same storage on every node of the cluster (an NFS or
+        EFS mount, or a single machine). A folder not marked shared is refused on a
+        multi-node cluster: a trial moved to another node could not reach its
+        checkpoints.
+    """
+
+    path: str = Field("results", min_length=1)
+    shared: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value):
+        return {"path": value} if isinstance(value, str) else value
+
+    @field_validator("path")
+    @classmethod
+    def _a_folder(cls, value: str) -> str:
+        # hpsearch writes its own files (search state, results) beside Ray's with plain
+        # file I/O, so object-store URIs would half work; refuse them up front.
+        if "://" in value:
+            raise ValueError(
+                "object-store URIs are not supported yet; mount the bucket or share (NFS, EFS, "
+                "s3fs) on every node and give the mount path with shared: true"
+            )
+        return value
+
+    def check_for_cluster(self, nodes: int) -> None:
+        """Refuse a folder only one machine sees when trials may run on other nodes.
+
+        Ray Tune would start, then fail the first time a trial is restored on another
+        node (after ASHA pauses it, or after a node loss): its checkpoint is not there.
+
+        Raises:
+            HpsearchError: ``nodes`` > 1 and the folder is not marked shared.
+        """
+        if nodes > 1 and not self.shared:
+            raise HpsearchError(
+                f"storage.path {self.path}: a local folder, but the Ray cluster has {nodes} nodes and "
+                "trials on the others could not reach their checkpoints; put it on storage every "
+                "node mounts (NFS, EFS) and set storage.shared: true"
+            )

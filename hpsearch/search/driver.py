@@ -9,8 +9,8 @@ from __future__ import annotations
 import datetime as dt
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ray import tune
 
@@ -36,8 +36,14 @@ def run_search(job_path: Path, overrides=(), *, address: str | None = None, echo
     job = load_job(job_path, overrides)
     if job.search_space is None:
         raise HpsearchError(f"{job_path}: search_space: missing; name a YAML file of distributions")
+    # Absolute from here on: ray.init() in a Ray job's driver may change the working directory.
+    job_path = Path(job_path).resolve()
+    job = job.model_copy(update={
+        "search_space": job.search_space.resolve(),
+        "dataset": job.dataset.model_copy(update={"path": job.dataset.path.resolve()}),
+    })
     space = load_space(job.search_space, job.model)
-    storage = _storage_path(job.storage)
+    storage = str(Path(job.storage.path).expanduser().resolve())
     name = f"{job.name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     experiment_dir = Path(storage) / name
     tracking_uri = _tracking_uri(job.tracking.uri)
@@ -48,11 +54,11 @@ def run_search(job_path: Path, overrides=(), *, address: str | None = None, echo
         f"data: {len(data.train_x)} training / {len(data.val_x)} validation slices "
         f"({'cache' if from_cache else 'preprocessed'}), classes {data.class_names}"
     )
+    _init_ray(address)
+    job.storage.check_for_cluster(_alive_nodes())
     resolved = job.model_copy(
         update={
-            "dataset": job.dataset.model_copy(update={"path": job.dataset.path.resolve()}),
-            "search_space": job.search_space.resolve(),
-            "storage": storage,
+            "storage": job.storage.model_copy(update={"path": storage}),
             "tracking": job.tracking.model_copy(update={"uri": tracking_uri}),
         }
     )
@@ -80,7 +86,6 @@ def run_search(job_path: Path, overrides=(), *, address: str | None = None, echo
          f"sampler {job.search.sampler}, scheduler {job.scheduler.type}")
     echo(f"experiment folder: {experiment_dir}")
     tracker = MLflowTracker(tracking_uri, _experiment_id(tracking_uri, parent_run_id), parent_run_id)
-    _init_ray(address)
     tuner = build_tuner(job, space, data, name=name, storage=storage, callbacks=[tracker, ProgressPrinter(echo)])
     return _finish(tuner, resolved, experiment_dir, echo)
 
@@ -93,6 +98,7 @@ def resume_search(experiment_dir: Path, *, address: str | None = None, echo: Ech
     _check_tracking(state["tracking_uri"])
     data, _ = load_dataset(job.dataset)
     _init_ray(address)
+    job.storage.check_for_cluster(_alive_nodes())
     echo(f"resuming {experiment_dir}")
     tuner = restore_tuner(experiment_dir, job, data)
     return _finish(tuner, job, experiment_dir, echo)
@@ -164,10 +170,10 @@ def _init_ray(address: str | None) -> None:
         ray.init(address="local", include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
 
 
-def _storage_path(storage: str) -> str:
-    if "://" in storage:
-        return storage
-    return str(Path(storage).expanduser().resolve())
+def _alive_nodes() -> int:
+    import ray
+
+    return sum(1 for node in ray.nodes() if node.get("Alive"))
 
 
 def _tracking_uri(uri: str) -> str:

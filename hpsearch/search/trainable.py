@@ -14,6 +14,7 @@ from __future__ import annotations
 import gc
 from typing import Any
 
+import ray
 from ray import tune
 
 from hpsearch.data.preprocess import PreparedData
@@ -70,6 +71,8 @@ class SegmentationTrainable(tune.Trainable):
         else:
             result = self.trainer.train_epoch().metrics()
         result["best_val_dice"] = self.trainer.best_val_dice
+        # Which Ray node trained this epoch: MLflow shows where a trial ran and moved.
+        result["node_id"] = ray.get_runtime_context().get_node_id()
         result["epoch_cap"] = self._epoch_cap
         # A sampled `epochs` below the search's cap ends the trial there.
         result["done"] = self.trainer.epoch >= self._epoch_cap

@@ -49,7 +49,7 @@ BEST_METRIC = "val_dice"
 MAX_PARAM_LENGTH, MAX_TAG_LENGTH = 6000, 8000  # MLflow's limits on values
 NONFINITE_TAG = "hpsearch.nonfinite_metrics"
 NODE_KEY = "node_id"  # a trial's results name the Ray node that produced them
-ENDED = frozenset({"completed", "stopped_early", "failed"})
+ENDED = frozenset({"completed", "stopped_early", "failed", "lost"})
 # Errors a retry cannot fix (a bad key, a deleted run) drop the write rather than block the queue
 # forever; others (refused connection, timeout, 5xx, a locked database) are an outage: retried.
 _PERMANENT = frozenset({"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS",
@@ -242,6 +242,7 @@ class MLflowTracker(Callback):
         # TERMINATED but never completed: a trial has ended only if we (or an earlier driver) said so.
         self.flush(self._end_flush_s)
         statuses = self._statuses()
+        self._close_lost(statuses, {t.trial_id for t in trials})
         unfinished = sum(statuses.get(t.trial_id) not in ENDED for t in trials)
         if unfinished:
             _LOG.warning("search interrupted with %d unfinished trials: parent run %s stays RUNNING "
@@ -365,9 +366,27 @@ class MLflowTracker(Callback):
                 runs = self._client.search_runs([self.experiment_id], max_results=50000, filter_string=(
                     f"tags.`mlflow.parentRunId` = '{self.parent_run_id}'"))
             found = {r.data.tags.get("hpsearch.trial_id"): r.data.tags.get("hpsearch.status") for r in runs}
+            for run in runs:
+                self._run_ids.setdefault(run.data.tags.get("hpsearch.trial_id"), run.info.run_id)
         except Exception as exc:  # resilience boundary: an unknown status keeps the parent open
             _LOG.warning("cannot read trial statuses from MLflow: %s", exc)
         return {**found, **self._outcome}
+
+    def _close_lost(self, statuses: dict, known: set[str]) -> None:
+        """End child runs of trials this search no longer knows, so none stays RUNNING forever.
+
+        A driver killed between starting a trial and Ray's next experiment snapshot leaves a
+        run whose trial the resumed search never saw: Optuna proposes that slot anew.
+        """
+        for tid, status in list(statuses.items()):
+            if tid is None or tid in known or status in ENDED or tid not in self._run_ids:
+                continue
+            ok = self._guarded(self._client.log_batch, self._run_ids[tid], [], [], [
+                RunTag("hpsearch.status", "lost"),
+                RunTag("hpsearch.note", "started by a driver that was killed before Ray saved the trial; "
+                                        "the resumed search proposed a new trial instead")])
+            if ok and self._guarded(self._client.set_terminated, self._run_ids[tid], "KILLED"):
+                statuses[tid] = self._outcome[tid] = "lost"
 
     def _close_parent(self, status: str | None, statuses: dict | None) -> None:
         counts = collections.Counter((statuses or self._statuses()).values())

@@ -305,3 +305,27 @@ def test_outage_is_replayed_in_order_exactly_once(tmp_path):
         assert run.data.tags["hpsearch.trials_completed"] == "1"
     finally:
         stop_server(server)
+
+
+def test_run_of_a_trial_the_resumed_search_never_saw_is_ended_as_lost(store):
+    # A driver killed after starting a trial but before Ray saved it leaves a RUNNING run
+    # whose trial the resumed search does not know; it must not stay RUNNING forever.
+    parent = start_search_run(store, "lost", run_name="search-lost", params={}, tags={})
+    first = tracker_for(store, parent)
+    orphan, kept = fake_trial("lost_00000", epochs=3), fake_trial("lost_00001", epochs=1)
+    for trial in (orphan, kept):
+        first.on_trial_start(iteration=0, trials=[orphan, kept], trial=trial)
+        report(first, trial, 1)
+    resumed = tracker_for(store, parent)  # a new driver: state comes from MLflow only
+    resumed.on_trial_start(iteration=0, trials=[kept], trial=kept)
+    resumed.on_trial_complete(iteration=1, trials=[kept], trial=kept)
+    resumed.on_experiment_end(trials=[kept])
+    client = MlflowClient(store)
+    experiment = client.get_run(parent).info.experiment_id
+    runs = {run.data.tags["hpsearch.trial_id"]: run for run in client.search_runs(
+        [experiment], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")}
+    assert runs["lost_00000"].info.status == "KILLED" and runs["lost_00000"].data.tags["hpsearch.status"] == "lost"
+    assert runs["lost_00001"].data.tags["hpsearch.status"] == "completed"
+    assert steps(client, runs["lost_00000"]) == [1]  # what it logged is kept
+    parent_run = client.get_run(parent)
+    assert parent_run.info.status == "FINISHED" and parent_run.data.tags["hpsearch.trials_lost"] == "1"

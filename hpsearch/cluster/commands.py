@@ -58,6 +58,7 @@ def add_commands(commands) -> None:
                     help="address of the dashboard, Jobs API and MLflow (default 127.0.0.1: this machine only)")
     up.add_argument("--port", type=int, default=6379, help="Ray GCS port (default 6379)")
     up.add_argument("--dashboard-port", type=int, default=8265)
+    up.add_argument("--client-port", type=int, default=10001, help="Ray client server port (default 10001)")
     up.add_argument("--mlflow-port", type=int, default=5000)
     up.add_argument("--no-mlflow", action="store_true", help="do not start an MLflow server")
     up.set_defaults(func=_cmd_cluster_up)
@@ -123,7 +124,8 @@ def _cmd_cluster_up(args: argparse.Namespace) -> int:
     if args.workers < 0:
         raise jobs.HpsearchError(f"--workers {args.workers}: must be 0 or more")
     cluster = LocalCluster.create(args.dir, host=args.host, gcs_port=args.port,
-                                  dashboard_port=args.dashboard_port, mlflow_port=args.mlflow_port)
+                                  dashboard_port=args.dashboard_port, client_port=args.client_port,
+                                  mlflow_port=args.mlflow_port)
     try:
         cluster.start_head(args.cpus_per_node, 0 if args.workers else args.gpus_per_node, args.object_store_mb)
         for _ in range(args.workers):
@@ -139,8 +141,8 @@ def _cmd_cluster_up(args: argparse.Namespace) -> int:
     print(f"cluster up: head + {args.workers} worker node(s); dashboard and Jobs API {cluster.dashboard_url}")
     if not args.no_mlflow:
         print(f"MLflow server {cluster.mlflow_uri} (store {cluster.state_dir / 'mlflow.db'})")
-    print(f"other machines join with: hpsearch cluster join {cluster.gcs_address} (token file copied, "
-          "RAY_AUTH_TOKEN_PATH set)")
+    print(f"more nodes: hpsearch cluster join {cluster.gcs_address} (on another machine: bring the cluster "
+          f"up with --host set to this machine's private address, then copy {cluster.token_path} there first)")
     print("to submit from this shell:")
     for key, value in cluster.client_env().items():
         print(f"export {key}={value}")

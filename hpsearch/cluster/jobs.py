@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import os
 import secrets
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 
@@ -26,10 +28,11 @@ from hpsearch.spec import Job, load_job
 
 # Never uploaded (besides Ray's own defaults, .git and .venv): data, results, tracking stores, caches.
 # Ray's working_dir limit is 500 MiB, and a dataset has no business in a code package.
-EXCLUDES = ["venv", "data/", "results/", "mlruns/", "mlartifacts/", "*.db",
-            "__pycache__", ".pytest_cache", ".hpsearch*", "model/", "dashboards/screenshots/"]
+# Anchored with a leading slash: gitignore's `data/` would also drop hpsearch/data/.
+EXCLUDES = ["/venv/", "/data/", "/results/", "/mlruns/", "/mlartifacts/", "/model/", "/dashboards/screenshots/",
+            "*.db", "__pycache__/", ".pytest_cache/", ".hpsearch*"]
 
-Echo = Callable[[str], None]
+AGENT_WAIT_S = 60
 
 
 def resolve_address(address: str | None) -> str:
@@ -102,15 +105,22 @@ def submit_search(job_path: Path, overrides: list[str], *, address: str | None =
         name = job.name
     client = _client(address)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    submission_id = f"hpsearch-{name}-{stamp}-{secrets.token_hex(2)}"
     runtime_env = {"working_dir": str(working_dir), "excludes": EXCLUDES,
                    "env_vars": {"PYTHONUNBUFFERED": "1"}}
-    try:
-        return client.submit_job(entrypoint=_shell_command(["python", "-m", "hpsearch", *entrypoint]),
-                                 submission_id=submission_id, runtime_env=runtime_env,
-                                 metadata={"hpsearch": name})
-    except Exception as exc:
-        raise _api_error(address, exc) from None
+    # Ray logs every file it skips while packaging; the user asked for a job id.
+    logging.getLogger("ray").setLevel(logging.ERROR)
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:
+        try:
+            return client.submit_job(entrypoint=_shell_command(["python", "-m", "hpsearch", *entrypoint]),
+                                     submission_id=f"hpsearch-{name}-{stamp}-{secrets.token_hex(2)}",
+                                     runtime_env=runtime_env, metadata={"hpsearch": name})
+        except Exception as exc:
+            # A head that just started has no job agent yet for a few seconds.
+            if "No available agent" in str(exc) and time.monotonic() < deadline:
+                time.sleep(1)
+                continue
+            raise _api_error(resolve_address(address), exc) from None
 
 
 def job_status(job_id: str, *, address: str | None = None) -> str:
@@ -182,7 +192,7 @@ def _check_search_space(job: Job, job_path: Path) -> None:
 
 def _excluded(path: Path) -> bool:
     first = path.parts[0] if path.parts else ""
-    return any(first == pattern.rstrip("/") for pattern in EXCLUDES if "*" not in pattern)
+    return any(first == pattern.strip("/") for pattern in EXCLUDES if pattern.startswith("/"))
 
 
 def _shell_command(words: list[str]) -> str:

@@ -240,11 +240,17 @@ class LocalCluster:
             handle.write(generate_new_authentication_token())
 
     def _ray_start(self, args: list[str], cpus, gpus, object_store_mb) -> None:
-        command = [str(Path(sys.executable).with_name("ray")), "start", *args, "--disable-usage-stats"]
+        # Ray's agent port is fixed (52365) unless given: a second raylet on this machine,
+        # or any other Ray here, would take it and leave that node without a job agent.
+        command = [str(Path(sys.executable).with_name("ray")), "start", *args, "--disable-usage-stats",
+                   f"--dashboard-agent-listen-port={free_port()}"]
         command += [f"--num-cpus={cpus}"] if cpus is not None else []
         command += [f"--num-gpus={gpus}"] if gpus is not None else []
         command += [f"--object-store-memory={object_store_mb * 2**20}"] if object_store_mb else []
-        env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_path)}
+        # Job entrypoints (`python -m hpsearch ...`) run with the raylet's PATH: make `python`
+        # this interpreter, the one with hpsearch's dependencies.
+        path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+        env = {**os.environ, "PATH": path, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_path)}
         env.pop("RAY_ADDRESS", None)  # `ray start --head` would otherwise try to join it
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180, check=False)
         with open(self.state_dir / "ray-start.log", "a") as log:

@@ -145,6 +145,10 @@ def test_refusals_and_stop_are_one_clear_line(cluster, two_nodes, lv_small, tmp_
     assert local.returncode == 2 and local.stderr.count("\n") == 1, local.stderr
     assert "the Ray cluster has 2 nodes" in local.stderr and "storage.shared: true" in local.stderr
 
+    attached = _cli(["run", "jobs/demo.yaml", *_sets(cluster, lv_small, "refused"), "--set", "storage.shared=false",
+                     "--address", cluster.gcs_address], cluster)  # a driver attaching directly checks too
+    assert attached.returncode == 2 and "storage.shared: true" in attached.stderr.splitlines()[-1]
+
     wrong_token = tmp_path / "token"
     wrong_token.write_text("0" * 64)
     denied = _cli(["status"], cluster, env={"RAY_AUTH_TOKEN_PATH": str(wrong_token)})

@@ -19,7 +19,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 from hpsearch.cluster.auth import enable_token_if_given
@@ -144,7 +144,7 @@ def job_logs(job_id: str, *, address: str | None = None) -> str:
 
 def follow_logs(job_id: str, *, address: str | None = None) -> Iterator[str]:
     """Yield log chunks as the job writes them, until it ends."""
-    client = _call(address, lambda client: client)
+    client = _client(address)
     _call(address, lambda c: c.get_job_status(job_id))  # an unknown id fails here, in one line
     stream = client.tail_job_logs(job_id)
     loop = asyncio.new_event_loop()

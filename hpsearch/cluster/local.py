@@ -57,7 +57,7 @@ class LocalCluster:
     mlflow_pid: int | None = None
 
     @classmethod
-    def create(cls, state_dir: Path, **ports) -> "LocalCluster":
+    def create(cls, state_dir: Path, **ports) -> LocalCluster:
         """A new cluster description (nothing started); refuses a folder in use."""
         state_dir = Path(state_dir).expanduser().resolve()
         if (state_dir / STATE_FILE).exists():
@@ -75,7 +75,7 @@ class LocalCluster:
         return cluster
 
     @classmethod
-    def for_worker(cls, state_dir: Path, gcs_port: int) -> "LocalCluster":
+    def for_worker(cls, state_dir: Path, gcs_port: int) -> LocalCluster:
         """This machine's side of a cluster whose head runs elsewhere (or here)."""
         state_dir = Path(state_dir).expanduser().resolve()
         if (state_dir / STATE_FILE).exists():
@@ -90,7 +90,7 @@ class LocalCluster:
         return cluster
 
     @classmethod
-    def load(cls, state_dir: Path) -> "LocalCluster":
+    def load(cls, state_dir: Path) -> LocalCluster:
         path = Path(state_dir).expanduser().resolve() / STATE_FILE
         if not path.exists():
             raise HpsearchError(f"{path.parent}: no local cluster here; `hpsearch cluster up` starts one")

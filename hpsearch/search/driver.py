@@ -111,7 +111,19 @@ def _finish(tuner: tune.Tuner, job: Job, experiment_dir: Path, echo: Echo) -> Pa
         shown = ", ".join(f"{k}={results_mod.format_value(v)}" for k, v in sorted(best.params.items()))
         echo(f"best: trial {best.trial_id} {job.search.metric}={best.best_value:.4f} at epoch "
              f"{best.best_epoch} with {shown}")
+    _write_dashboard(experiment_dir, echo)
     return experiment_dir
+
+
+def _write_dashboard(experiment_dir: Path, echo: Echo) -> None:
+    """The search's dashboard, written after results.json so its failure never costs results."""
+    try:
+        from hpsearch.dashboard import write_dashboard
+
+        write_dashboard(experiment_dir, echo=echo)
+    except Exception as exc:  # the search is done and saved: a broken plot is one warning line
+        reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        echo(f"warning: dashboard not written ({reason}); retry with `hpsearch dashboard {experiment_dir}`")
 
 
 class ProgressPrinter(tune.Callback):
@@ -180,15 +192,9 @@ def _tracking_uri(uri: str) -> str:
 
 
 def _check_tracking(uri: str) -> None:
-    from hpsearch.tracking import check_reachable
+    from hpsearch.tracking import ensure_reachable
 
-    try:
-        check_reachable(uri)
-    except Exception as exc:  # connection refused, bad scheme, unwritable database ...
-        raise HpsearchError(
-            f"tracking.uri {uri}: MLflow is not reachable ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:200]}); start the server or fix tracking.uri"
-        ) from None
+    ensure_reachable(uri)
 
 
 def _experiment_id(uri: str, run_id: str) -> str:

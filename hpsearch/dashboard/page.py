@@ -30,13 +30,19 @@ section { border-top: 1px solid #eee; } img.overlays { max-width: 100%; }
 # allow-scripts: pop-ups and top navigation are blocked, so no click can open a run. The
 # links are then pointed at the MLflow server the page came from (the blob URL's origin),
 # for "Open link in new tab", and a note says so. Elsewhere the links stay as written.
+# Rewritten when a link is pointed at or focused, not once at load: DataTables creates
+# the table's rows after this script has run.
 _LINK_SCRIPT = """
 <script>
 (function () {
   if (location.protocol !== "blob:") return;
   var origin = new URL(location.href.slice(5)).origin;
-  document.querySelectorAll("a[data-mlflow-path]").forEach(function (a) {
-    a.href = origin + "/" + a.getAttribute("data-mlflow-path");
+  function point(event) {
+    var a = event.target.closest && event.target.closest("a[data-mlflow-path]");
+    if (a) a.href = origin + "/" + a.getAttribute("data-mlflow-path");
+  }
+  ["mouseover", "focusin", "contextmenu"].forEach(function (name) {
+    document.addEventListener(name, point, true);
   });
   var note = document.getElementById("mlflow-viewer-note");
   if (note) note.style.display = "block";
@@ -79,7 +85,8 @@ def table_html(frame: Any, *, table_id: str, order: list[list[Any]] | None = Non
 
     return to_html_datatable(frame, table_id=table_id, connected=False, allow_html=True, showIndex=False,
                              order=order or [], paging=len(frame) > 25, pageLength=25,
-                             classes="display compact nowrap cell-border", scrollX=True, layout={"topEnd": "search"},
+                             classes="display compact nowrap cell-border", scrollX=True,
+                             text_in_header_can_be_selected=False, layout={"topEnd": "search"},
                              maxBytes=0)
 
 

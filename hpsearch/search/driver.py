@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -116,14 +117,26 @@ def _finish(tuner: tune.Tuner, job: Job, experiment_dir: Path, echo: Echo) -> Pa
 
 
 def _write_dashboard(experiment_dir: Path, echo: Echo) -> None:
-    """The search's dashboard, written after results.json so its failure never costs results."""
-    try:
-        from hpsearch.dashboard import write_dashboard
+    """The search's dashboard (``hpsearch dashboard``), after results.json: never costs results.
 
-        write_dashboard(experiment_dir, echo=echo)
-    except Exception as exc:  # the search is done and saved: a broken plot is one warning line
-        reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-        echo(f"warning: dashboard not written ({reason}); retry with `hpsearch dashboard {experiment_dir}`")
+    In a child process: drawing the best trial's predictions imports TensorFlow, which the
+    driver otherwise never loads (~0.6 GB), and nothing that goes wrong there, not even a
+    crash, can take the finished search down with it. Its failure is one warning line.
+    """
+    command = [sys.executable, "-m", "hpsearch.cli", "dashboard", str(experiment_dir)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+    else:
+        if done.returncode == 0:
+            for line in done.stdout.splitlines():
+                echo(line)
+            return
+        errors = [line for line in done.stderr.splitlines() if line.startswith("hpsearch: error: ")]
+        last = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        reason = errors[0].removeprefix("hpsearch: error: ") if errors else last
+    echo(f"warning: dashboard not written ({reason[:300]}); retry with `hpsearch dashboard {experiment_dir}`")
 
 
 class ProgressPrinter(tune.Callback):

@@ -40,7 +40,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from ray.tune import Callback
 
-from hpsearch.errors import HpsearchError
+from hpsearch.errors import HpsearchError, first_line
 
 _LOG = logging.getLogger(__name__)
 
@@ -133,8 +133,8 @@ def ensure_reachable(tracking_uri: str) -> None:
         check_reachable(tracking_uri)
     except Exception as exc:  # connection refused, bad scheme, unwritable database ...
         raise HpsearchError(
-            f"tracking.uri {tracking_uri}: MLflow is not reachable ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); start the server or fix tracking.uri"
+            f"tracking.uri {tracking_uri}: MLflow is not reachable ({first_line(exc)}); "
+            "start the server or fix tracking.uri"
         ) from None
 
 

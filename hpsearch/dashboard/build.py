@@ -19,7 +19,7 @@ from hpsearch.dashboard.collect import Search, collect_search, require_finished
 from hpsearch.dashboard.importance import Importance, compute_importance
 from hpsearch.dashboard.overlays import Overlays, best_trial_overlays
 from hpsearch.dashboard.page import Section, figure_html, png_img, render_page, run_link, table_html
-from hpsearch.errors import HpsearchError
+from hpsearch.errors import HpsearchError, first_line
 from hpsearch.search.results import format_value
 
 DASHBOARD_DIR = "dashboard"
@@ -105,7 +105,7 @@ def log_files(search: Search, files: list[Path]) -> None:
             client.log_artifact(search.parent_run_id, str(path), artifact_path=DASHBOARD_DIR)
     except Exception as exc:  # MlflowException, OSError from an artifact store: one line for the user
         raise HpsearchError(f"{search.tracking_uri}: logging the dashboard to run {search.parent_run_id} failed "
-                            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); "
+                            f"({first_line(exc)}); "
                             "run `hpsearch dashboard --no-log` to only write the files") from None
 
 
@@ -205,4 +205,4 @@ def _overlays(search: Search) -> Overlays:
     try:
         return best_trial_overlays(search)
     except (HpsearchError, OSError, ValueError) as exc:  # a moved checkpoint or dataset: the rest still shows
-        return Overlays(b"", message=f"predictions not drawn: {str(exc).splitlines()[0] if str(exc) else exc!r}")
+        return Overlays(b"", message=f"predictions not drawn: {first_line(exc, 300)}")

@@ -141,7 +141,7 @@ def curves_figure(search: Search) -> go.Figure:
             x=trial.epochs, y=trial.values, mode="lines+markers", name=_count_label(search, label, rungs),
             legendgroup=label, showlegend=label not in shown,
             line=dict(color=color, width=2, dash="dot" if trial.status == "failed" else "solid"),
-            marker=dict(size=5, color=color),
+            marker=_stop_marker(trial, color),
             hovertemplate=f"trial {trial.trial_id} ({label})<br>epoch %{{x}}: %{{y:.4f}}<br>{params}{extra}"
                           "<extra></extra>"))
         shown.add(label)
@@ -239,6 +239,14 @@ def _log_ticks(low: float, high: float) -> list[float]:
     ticks = [m * 10.0**e for e in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
              for m in (1, 3)]
     return [t for t in ticks if low <= t <= high] or [low, high]
+
+
+def _stop_marker(trial: Trial, color: str) -> dict[str, Any]:
+    """Dots on every epoch; a cross where ASHA stopped the trial or it failed."""
+    if trial.status not in ("stopped_early", "failed") or not trial.epochs:
+        return dict(size=5, color=color)
+    last = len(trial.epochs) - 1
+    return dict(color=color, symbol=["circle"] * last + ["x"], size=[5] * last + [11])
 
 
 def _outcome_rank(trial: Trial) -> int:

@@ -19,6 +19,7 @@ import math
 import warnings
 
 from hpsearch.dashboard.collect import Search
+from hpsearch.errors import first_line
 from hpsearch.space import to_optuna
 
 MIN_TRIALS = 2  # fewer trials cannot tell parameters apart
@@ -76,7 +77,7 @@ def compute_importance(search: Search, seed: int = 0) -> Importance:
                 warnings.simplefilter("ignore")
                 found = optuna.importance.get_param_importances(study, evaluator=evaluator, params=varied)
         except (ValueError, RuntimeError, ZeroDivisionError) as exc:  # too few distinct values for it
-            problems.append(f"{name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+            problems.append(f"{name}: {first_line(exc)}")
             continue
         if found and all(math.isfinite(v) for v in found.values()):
             scores[name] = {k: float(v) for k, v in found.items()}

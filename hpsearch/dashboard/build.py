@@ -1,7 +1,8 @@
 """The dashboard of one search: collect, draw, write into the experiment folder, log to MLflow.
 
 ``<experiment>/dashboard/`` receives ``dashboard.html`` (self-contained) and the static
-PNGs (``progress.png``, ``curves.png``, ``importance.png``, ``predictions.png``); the same
+PNGs (``progress.png``, ``curves.png``, ``parallel.png``, ``importance.png``,
+``predictions.png``); the same
 files are logged under ``dashboard/`` in the search's parent MLflow run, where the HTML
 opens in MLflow's artifact viewer and the PNGs show on the run page.
 """
@@ -76,7 +77,8 @@ def write_dashboard(experiment_dir: Path, *, out: Path | None = None, log: bool 
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")
     images = {"progress.png": static.progress_png(search), "curves.png": static.curves_png(search),
-              "importance.png": static.importance_png(importance), "predictions.png": pictures.png}
+              "parallel.png": static.parallel_png(search), "importance.png": static.importance_png(importance),
+              "predictions.png": pictures.png}
     pngs = []
     for name, data in images.items():
         if data:

@@ -157,14 +157,22 @@ def curves_figure(search: Search) -> go.Figure:
     return fig
 
 
-def parallel_figure(search: Search) -> go.Figure:
-    """Parallel coordinates: one line per finished trial through its hyperparameters and score."""
+def parallel_dimensions(search: Search) -> tuple[list[dict[str, Any]], list[float]]:
+    """The axes of the parallel coordinates (Parcoords ``dimensions``) and each finished
+    trial's best score: log axes for log distributions, indexed ticks for choices."""
     trials = search.finished()
     names = [n for n in search.space if any(n in t.params for t in trials)] or \
         sorted({k for t in trials for k in t.params})
     dims = [_dimension(name, search.space.get(name), [t.params.get(name) for t in trials]) for name in names]
     scores = [t.best(search.mode)[0] for t in trials]
-    dims.append(dict(label=f"best {search.metric_label}", values=scores))
+    dims.append(dict(label=f"best {search.metric_label}", values=scores, range=[min(scores), max(scores)]))
+    return dims, scores
+
+
+def parallel_figure(search: Search) -> go.Figure:
+    """Parallel coordinates: one line per finished trial through its hyperparameters and score."""
+    trials = search.finished()
+    dims, scores = parallel_dimensions(search)
     fig = go.Figure(go.Parcoords(
         dimensions=dims,
         line=dict(color=scores, colorscale="Viridis", showscale=True, reversescale=search.mode == "min",

@@ -11,7 +11,13 @@ import io
 import math
 
 from hpsearch.dashboard.collect import Search
-from hpsearch.dashboard.figures import SEARCH_COLORS, asha_rungs, outcome_style, progress_series
+from hpsearch.dashboard.figures import (
+    SEARCH_COLORS,
+    asha_rungs,
+    outcome_style,
+    parallel_dimensions,
+    progress_series,
+)
 from hpsearch.dashboard.importance import Importance
 
 
@@ -69,6 +75,38 @@ def curves_png(search: Search) -> bytes:
     ax.set_title(f"{search.name}: each trial's {search.metric_label} by epoch, coloured by outcome")
     ax.grid(alpha=0.3)
     ax.legend(title="outcome", loc="best", fontsize=8)
+    fig.tight_layout()
+    return png_bytes(fig)
+
+
+def parallel_png(search: Search) -> bytes:
+    """Parallel coordinates: each axis scaled to its range, one line per finished trial."""
+    import matplotlib.colors
+
+    plt = pyplot()
+    dims, scores = parallel_dimensions(search)
+    fig, ax = plt.subplots(figsize=(11, 4.6))
+    low, high = min(scores), max(scores)
+    norm = matplotlib.colors.Normalize(low, high if high > low else low + 1e-9)
+    cmap = plt.get_cmap("viridis_r" if search.mode == "min" else "viridis")
+
+    def scaled(dim: dict, value: float) -> float:
+        lo, hi = dim.get("range") or (min(dim["values"]), max(dim["values"]))
+        return 0.5 if hi == lo else (value - lo) / (hi - lo)
+
+    for i, score in sorted(enumerate(scores), key=lambda item: item[1]):  # the best drawn last, on top
+        ax.plot(range(len(dims)), [scaled(d, d["values"][i]) for d in dims], color=cmap(norm(score)), alpha=0.85)
+    for x, dim in enumerate(dims):
+        ax.axvline(x, color="#969696", linewidth=1)
+        ticks = dim.get("tickvals") or list(dim.get("range") or [])
+        labels = dim.get("ticktext") or [f"{t:.3g}" for t in ticks]
+        for tick, text in zip(ticks, labels):
+            ax.text(x + 0.03, scaled(dim, tick), text, fontsize=7, va="center", color="#444")
+    ax.set_xticks(range(len(dims)), [d["label"] for d in dims], fontsize=8, rotation=15)
+    ax.set_yticks([])
+    ax.set_xlim(-0.2, len(dims) - 0.6)
+    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=f"best {search.metric_label}")
+    ax.set_title(f"{search.name}: hyperparameters against best {search.metric_label} ({len(scores)} trials)")
     fig.tight_layout()
     return png_bytes(fig)
 

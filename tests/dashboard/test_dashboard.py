@@ -20,7 +20,7 @@ from hpsearch.search.driver import _write_dashboard
 from hpsearch.search.tuner import write_search_state
 from hpsearch.tracking import start_search_run
 
-PNGS = {"progress.png", "curves.png", "importance.png", "predictions.png"}
+PNGS = {"progress.png", "curves.png", "parallel.png", "importance.png", "predictions.png"}
 
 
 def expected_pngs(kind: str) -> set[str]:

@@ -77,6 +77,18 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--register", metavar="NAME", help="also add a version to the MLflow Model Registry")
     export.set_defaults(func=_cmd_export)
 
+    dash = commands.add_parser("dashboard", help="write a search's HTML dashboard, or compare searches")
+    dash.add_argument("experiments", type=Path, nargs="+", metavar="EXPERIMENT",
+                      help="experiment folder(s) `hpsearch run` printed")
+    dash.add_argument("--compare", action="store_true",
+                      help="compare the searches: best score against compute and wall time")
+    dash.add_argument("--out", type=Path, help="HTML file to write (default: EXPERIMENT/dashboard/dashboard.html; "
+                      "with --compare, dashboards/compare-<stamp>.html under the current folder)")
+    dash.add_argument("--no-log", action="store_true", help="do not log the dashboard to the search's MLflow run")
+    dash.add_argument("--mlflow-ui", metavar="URL", help="MLflow UI that run links point to (default: the "
+                      "tracking server if it is one, else http://127.0.0.1:5000 as `hpsearch ui` serves it)")
+    dash.set_defaults(func=_cmd_dashboard)
+
     predict = commands.add_parser("predict", help="segment NIfTI scans with an exported model")
     predict.add_argument("model", type=Path, help="folder written by `hpsearch export`")
     predict.add_argument("input", type=Path, help="a NIfTI file or a folder of them")
@@ -191,6 +203,21 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     out = export_best(args.experiment, args.out, register=args.register, echo=_echo)
     print(f"exported to {out}")
+    return 0
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    from hpsearch.runtime import quiet_tensorflow
+
+    quiet_tensorflow()  # the best trial's predictions run its model
+    from hpsearch.dashboard import write_comparison, write_dashboard
+
+    if args.compare:
+        write_comparison(args.experiments, out=args.out, ui_base=args.mlflow_ui, echo=_echo)
+    elif len(args.experiments) > 1:
+        raise HpsearchError("dashboard: several experiment folders given; add --compare to compare them")
+    else:
+        write_dashboard(args.experiments[0], out=args.out, log=not args.no_log, ui_base=args.mlflow_ui, echo=_echo)
     return 0
 
 

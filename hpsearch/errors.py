@@ -10,3 +10,9 @@ class HpsearchError(Exception):
 
     The message must say what is wrong, where (file and key), and what to do.
     """
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception as ``Type: first line of its message`` (cut to ``limit``), for one-line errors."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:limit]}" if lines else type(exc).__name__

@@ -89,26 +89,9 @@ def export_model(
             f"describes {described[:12]}...; pass the info of the data it was trained on"
         )
 
-    params = validate_params(state["model"], state["params"])
+    model, params = model_from_checkpoint(checkpoint_dir, state, data_info)
     preprocess = dict(data_info["preprocess"])
     input_shape = (*(int(s) for s in preprocess["image_size"]), len(data_info["channel_names"]))
-    num_classes = len(data_info["label_values"])
-    # Built in float32 even in a mixed-precision process: users predict on any CPU, where
-    # float16 compute is slow or unsupported. The checkpoint's variables are float32 anyway.
-    policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("float32")
-    try:
-        model = build_model(state["model"], input_shape, num_classes, **model_options(params))
-    finally:
-        keras.mixed_precision.set_global_policy(policy)
-    weights = load_arrays(checkpoint_dir / BEST_WEIGHTS_FILE)
-    expected = [tuple(w.shape) for w in model.weights]
-    if [tuple(w.shape) for w in weights] != expected:
-        raise HpsearchError(
-            f"{checkpoint_dir / BEST_WEIGHTS_FILE}: weights do not fit a {state['model']} for input "
-            f"{input_shape} and {num_classes} classes; is data_info the training data's?"
-        )
-    model.set_weights(weights)
 
     meta: dict[str, Any] = {
         "format_version": EXPORT_FORMAT,
@@ -146,6 +129,43 @@ def export_model(
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return out_dir
+
+
+def model_from_checkpoint(checkpoint_dir: Path, state: dict, data_info: dict) -> tuple[keras.Model, Any]:
+    """The network of a trainer checkpoint with its best-Dice weights, in float32.
+
+    Args:
+        checkpoint_dir: A folder written by :meth:`hpsearch.trainer.Trainer.save`.
+        state: Its ``trainer_state.json``, read.
+        data_info: ``PreparedData.info`` of the data it was trained on.
+
+    Returns:
+        The model and its validated hyperparameters.
+
+    Raises:
+        HpsearchError: The weights do not fit the model ``data_info`` describes.
+    """
+    params = validate_params(state["model"], state["params"])
+    preprocess = dict(data_info["preprocess"])
+    input_shape = (*(int(s) for s in preprocess["image_size"]), len(data_info["channel_names"]))
+    num_classes = len(data_info["label_values"])
+    # Built in float32 even in a mixed-precision process: users predict on any CPU, where
+    # float16 compute is slow or unsupported. The checkpoint's variables are float32 anyway.
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        model = build_model(state["model"], input_shape, num_classes, **model_options(params))
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    weights = load_arrays(checkpoint_dir / BEST_WEIGHTS_FILE)
+    expected = [tuple(w.shape) for w in model.weights]
+    if [tuple(w.shape) for w in weights] != expected:
+        raise HpsearchError(
+            f"{checkpoint_dir / BEST_WEIGHTS_FILE}: weights do not fit a {state['model']} for input "
+            f"{input_shape} and {num_classes} classes; is data_info the training data's?"
+        )
+    model.set_weights(weights)
+    return model, params
 
 
 def _verify_reload(model: keras.Model, path: Path, input_shape: tuple[int, ...]) -> None:

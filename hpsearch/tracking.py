@@ -41,6 +41,8 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from ray.tune import Callback
 
+from hpsearch.errors import HpsearchError, first_line
+
 _LOG = logging.getLogger(__name__)
 
 DEFAULT_METRICS = frozenset({"loss", "val_loss", "val_dice", "val_iou", "lr", "epoch_seconds"})
@@ -121,6 +123,21 @@ def check_reachable(tracking_uri: str, timeout_s: int = 5) -> None:
     env = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s)}
     with _scoped_env(env):
         MlflowClient(tracking_uri).search_experiments(max_results=1)
+
+
+def ensure_reachable(tracking_uri: str) -> None:
+    """:func:`check_reachable`, with a failure as one line a user can act on.
+
+    Raises:
+        HpsearchError: The store is unreachable or refuses.
+    """
+    try:
+        check_reachable(tracking_uri)
+    except Exception as exc:  # connection refused, bad scheme, unwritable database ...
+        raise HpsearchError(
+            f"tracking.uri {tracking_uri}: MLflow is not reachable ({first_line(exc)}); "
+            "start the server or fix tracking.uri"
+        ) from None
 
 
 def _log_params(client: MlflowClient, run_id: str, params: Mapping[str, str]) -> None:

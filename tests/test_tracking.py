@@ -12,8 +12,6 @@ import logging
 import math
 import os
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,11 +25,11 @@ from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler
 
+from helpers import free_port, start_server, stop_server
 from hpsearch.tracking import MLflowTracker, start_search_run
 
 # Tune's workers cannot import this test module: ship its functions by value.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-MLFLOW = Path(sys.executable).with_name("mlflow")
 
 
 def trainable(config):
@@ -200,36 +198,6 @@ def test_restored_search_logs_every_epoch_exactly_once(store, tmp_path):
             assert steps(client, child, key) == [1, 2, 3, 4, 5, 6], (x, key)
     seen = (tmp_path / "seen.txt").read_text().splitlines()
     assert len(seen) > len(set(seen))  # some epoch really was replayed to the callbacks
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(folder: Path, port: int) -> subprocess.Popen:
-    # Tables created in-process (~1.5 s) rather than by the server (~10 s on first start).
-    MlflowClient(f"sqlite:///{folder}/server.db").search_experiments(max_results=1)
-    server = subprocess.Popen(
-        [str(MLFLOW), "server", "--backend-store-uri", f"sqlite:///{folder}/server.db",
-         "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1"],
-        cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return server
-        except OSError:
-            time.sleep(0.1)
-    os.killpg(server.pid, signal.SIGKILL)
-    raise RuntimeError("mlflow server did not start within 30 s")
-
-
-def stop_server(server: subprocess.Popen) -> None:
-    os.killpg(server.pid, signal.SIGKILL)  # a crash, not a shutdown
-    server.wait(timeout=10)
 
 
 def fake_trial(trial_id: str, epochs: int) -> Trial:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -117,7 +118,31 @@ def _finish(tuner: tune.Tuner, job: Job, experiment_dir: Path, echo: Echo) -> Pa
         shown = ", ".join(f"{k}={results_mod.format_value(v)}" for k, v in sorted(best.params.items()))
         echo(f"best: trial {best.trial_id} {job.search.metric}={best.best_value:.4f} at epoch "
              f"{best.best_epoch} with {shown}")
+    _write_dashboard(experiment_dir, echo)
     return experiment_dir
+
+
+def _write_dashboard(experiment_dir: Path, echo: Echo) -> None:
+    """The search's dashboard (``hpsearch dashboard``), after results.json: never costs results.
+
+    In a child process: drawing the best trial's predictions imports TensorFlow, which the
+    driver otherwise never loads (~0.6 GB), and nothing that goes wrong there, not even a
+    crash, can take the finished search down with it. Its failure is one warning line.
+    """
+    command = [sys.executable, "-m", "hpsearch", "dashboard", str(experiment_dir)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+    else:
+        if done.returncode == 0:
+            for line in done.stdout.splitlines():
+                echo(line)
+            return
+        errors = [line for line in done.stderr.splitlines() if line.startswith("hpsearch: error: ")]
+        last = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        reason = errors[0].removeprefix("hpsearch: error: ") if errors else last
+    echo(f"warning: dashboard not written ({reason[:300]}); retry with `hpsearch dashboard {experiment_dir}`")
 
 
 class ProgressPrinter(tune.Callback):
@@ -186,15 +211,9 @@ def _tracking_uri(uri: str) -> str:
 
 
 def _check_tracking(uri: str) -> None:
-    from hpsearch.tracking import check_reachable
+    from hpsearch.tracking import ensure_reachable
 
-    try:
-        check_reachable(uri)
-    except Exception as exc:  # connection refused, bad scheme, unwritable database ...
-        raise HpsearchError(
-            f"tracking.uri {uri}: MLflow is not reachable ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:200]}); start the server or fix tracking.uri"
-        ) from None
+    ensure_reachable(uri)
 
 
 def _experiment_id(uri: str, run_id: str) -> str:

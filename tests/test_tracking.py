@@ -20,12 +20,12 @@ from pathlib import Path
 import pytest
 import ray
 import ray.cloudpickle
+from helpers import free_port, start_server, stop_server
 from mlflow import MlflowClient
 from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler
 
-from helpers import free_port, start_server, stop_server
 from hpsearch.tracking import MLflowTracker, start_search_run
 
 # Tune's workers cannot import this test module: ship its functions by value.

@@ -19,7 +19,14 @@ from hpsearch.dashboard import figures, static
 from hpsearch.dashboard.collect import Search, collect_search, require_finished
 from hpsearch.dashboard.importance import Importance, compute_importance
 from hpsearch.dashboard.overlays import Overlays, best_trial_overlays
-from hpsearch.dashboard.page import Section, figure_html, png_img, render_page, run_link, table_html
+from hpsearch.dashboard.page import (
+    Section,
+    figure_html,
+    png_img,
+    render_page,
+    run_link,
+    table_html,
+)
 from hpsearch.errors import HpsearchError, first_line
 from hpsearch.search.results import format_value
 

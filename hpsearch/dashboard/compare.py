@@ -22,7 +22,13 @@ from typing import Callable
 from hpsearch.dashboard import figures, static
 from hpsearch.dashboard.build import DASHBOARD_DIR, HTML_FILE, Written, ui_base_for
 from hpsearch.dashboard.collect import Search, collect_search, require_finished
-from hpsearch.dashboard.page import Section, figure_html, render_page, run_link, table_html
+from hpsearch.dashboard.page import (
+    Section,
+    figure_html,
+    render_page,
+    run_link,
+    table_html,
+)
 from hpsearch.errors import HpsearchError
 from hpsearch.search.results import format_value
 

@@ -92,10 +92,9 @@ def table_html(frame: Any, *, table_id: str, order: list[list[Any]] | None = Non
 
 def render_page(title: str, header: str, sections: list[Section]) -> str:
     """The whole HTML document with the head's scripts and styles inlined once."""
+    import itables
     from itables.javascript import generate_init_offline_itables_html
     from plotly.offline import get_plotlyjs
-
-    import itables
 
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',

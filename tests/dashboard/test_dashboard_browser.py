@@ -16,8 +16,8 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from helpers import free_port, start_server, stop_server
+
 from hpsearch.dashboard import write_comparison
 from hpsearch.dashboard.collect import collect_search
 

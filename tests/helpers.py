@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+
+from hpsearch.cluster.local import free_port, start_mlflow_server  # noqa: F401 (free_port: for tests)
 
 AFFINE = np.diag([-1.5, -1.5, 4.0, 1.0]) + np.array([[0, 0, 0, 90.0], [0, 0, 0, 120], [0, 0, 0, -40], [0, 0, 0, 0]])
 
@@ -99,37 +98,9 @@ def assert_safe_mode_round_trip(model, path: Path, seed: int = 0) -> None:
     np.testing.assert_allclose(predict(loaded, x), predict(model, x), rtol=1e-6, atol=1e-6)
 
 
-MLFLOW = Path(sys.executable).with_name("mlflow")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(folder: Path, port: int, backend_uri: str | None = None, timeout_s: float = 60) -> subprocess.Popen:
+def start_server(folder: Path, port: int, backend_uri: str | None = None) -> subprocess.Popen:
     """A real ``mlflow server`` on 127.0.0.1 (default store: ``folder/server.db``)."""
-    from mlflow import MlflowClient
-
-    backend_uri = backend_uri or f"sqlite:///{folder}/server.db"
-    # Tables created in-process (~1.5 s) rather than by the server (~10 s on first start).
-    MlflowClient(backend_uri).search_experiments(max_results=1)
-    server = subprocess.Popen(
-        [str(MLFLOW), "server", "--backend-store-uri", backend_uri,
-         "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1"],
-        cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    # Generous: on a loaded 2-core machine the server's imports alone can take half a minute.
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return server
-        except OSError:
-            time.sleep(0.1)
-    os.killpg(server.pid, signal.SIGKILL)
-    raise RuntimeError(f"mlflow server did not start within {timeout_s:.0f} s")
+    return start_mlflow_server(backend_uri or f"sqlite:///{folder}/server.db", folder / "artifacts", port=port)
 
 
 def stop_server(server: subprocess.Popen) -> None:

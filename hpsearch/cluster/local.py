@@ -151,23 +151,12 @@ class LocalCluster:
 
     def start_mlflow(self) -> None:
         """An ``mlflow server`` on ``host`` (SQLite store, artifacts served by it)."""
-        from hpsearch.tracking import check_reachable
-
         if self.mlflow_pid and psutil.pid_exists(self.mlflow_pid):
             return
-        store = f"sqlite:///{self.state_dir / 'mlflow.db'}"
-        # Create the tables in-process: ~1.5 s instead of ~10 s in the server's first start.
-        check_reachable(store)
-        with open(self.state_dir / "mlflow.log", "ab") as log:
-            server = subprocess.Popen(
-                [sys.executable, "-m", "mlflow", "server", "--host", self.host, "--port", str(self.mlflow_port),
-                 "--backend-store-uri", store, "--artifacts-destination", str(self.state_dir / "mlartifacts"),
-                 "--workers", "1"],
-                cwd=self.state_dir, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+        server = start_mlflow_server(f"sqlite:///{self.state_dir / 'mlflow.db'}", self.state_dir / "mlartifacts",
+                                     host=self.host, port=self.mlflow_port, log=self.state_dir / "mlflow.log")
         self.mlflow_pid = server.pid
         self.save()
-        self._wait(lambda: _port_open(self.host, self.mlflow_port), 60,
-                   f"the MLflow server at {self.mlflow_uri} (see {self.state_dir / 'mlflow.log'})")
 
     def stop_mlflow(self, sig: int = signal.SIGTERM) -> None:
         """Stop the MLflow server and its worker processes (its whole process group)."""
@@ -279,6 +268,40 @@ class LocalCluster:
                 return
             time.sleep(0.5)
         raise HpsearchError(f"{what} did not come up within {timeout_s:.0f} s")
+
+
+def start_mlflow_server(store_uri: str, artifacts: Path, *, host: str = "127.0.0.1", port: int = 5000,
+                        log: Path | None = None, timeout_s: float = 60) -> subprocess.Popen:
+    """Start ``mlflow server`` in its own process group and return once it accepts connections.
+
+    Args:
+        store_uri: Backend store (``sqlite:///...``); its tables are created here first.
+        artifacts: Folder the server stores uploaded artifacts in.
+        host, port: Where it listens (127.0.0.1: this machine only).
+        log: File for its output (appended); none: discarded.
+        timeout_s: How long it may take to listen; its imports alone can take half a minute
+            on a loaded 2-core machine.
+
+    Raises:
+        HpsearchError: It did not listen within ``timeout_s`` (it is killed).
+    """
+    from hpsearch.tracking import check_reachable
+
+    # Create the tables in-process: ~1.5 s instead of ~10 s in the server's first start.
+    check_reachable(store_uri)
+    with open(log, "ab") if log else open(os.devnull, "wb") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port),
+             "--backend-store-uri", store_uri, "--artifacts-destination", str(artifacts), "--workers", "1"],
+            cwd=artifacts.parent, stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if _port_open(host, port):
+            return server
+        time.sleep(0.1)
+    os.killpg(server.pid, signal.SIGKILL)
+    raise HpsearchError(f"the MLflow server at http://{host}:{port} did not listen within {timeout_s:.0f} s"
+                        + (f" (see {log})" if log else ""))
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from hpsearch.cluster.commands import add_commands as add_cluster_commands
-from hpsearch.errors import HpsearchError
+from hpsearch.errors import HpsearchError, SearchInterrupted
 
 EXIT_USER_ERROR = 2
 
@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
         for line in str(exc).splitlines() or ["unknown error"]:
             print(f"hpsearch: error: {line}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except SearchInterrupted as exc:
+        print(f"hpsearch: {exc}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("hpsearch: interrupted", file=sys.stderr)
         return 130
@@ -39,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="hpsearch",
         description="Hyperparameter search for medical image segmentation (Ray Tune, Optuna, MLflow).",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser("train", help="train one configuration of a job")
@@ -62,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     resume = commands.add_parser("resume", help="continue an interrupted search")
     resume.add_argument("experiment", type=Path, help="the experiment folder `hpsearch run` printed")
     resume.add_argument("--address", help="Ray cluster to attach to")
+    resume.add_argument("--accept-data-change", action="store_true",
+                        help="go on although the dataset's content changed since the search started "
+                        "(recorded in the experiment folder and the MLflow parent run)")
     resume.set_defaults(func=_cmd_resume)
 
     ui = commands.add_parser("ui", help="start the MLflow UI on a job's tracking store")
@@ -172,7 +179,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     quiet_tensorflow()
     from hpsearch.search.driver import resume_search
 
-    resume_search(args.experiment, address=args.address, echo=_echo)
+    resume_search(args.experiment, address=args.address, echo=_echo, accept_data_change=args.accept_data_change)
     return 0
 
 
@@ -230,6 +237,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     for path in predict_path(args.model, args.input, args.output):
         print(f"wrote {path}")
     return 0
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("hpsearch")
+    except PackageNotFoundError:  # run from a source tree that was not installed
+        return "unknown"
 
 
 def _echo(line: str) -> None:

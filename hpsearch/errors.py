@@ -16,3 +16,15 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
     """An exception as ``Type: first line of its message`` (cut to ``limit``), for one-line errors."""
     lines = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {lines[0][:limit]}" if lines else type(exc).__name__
+
+
+class SearchInterrupted(Exception):
+    """A search stopped by Ctrl-C or SIGTERM with its state saved: not an error, not a result.
+
+    The CLI prints the message (how to resume) and exits with ``exit_code`` (130 after
+    SIGINT, 143 after SIGTERM, the shell's convention).
+    """
+
+    def __init__(self, message: str, exit_code: int = 130):
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -27,6 +27,9 @@ class RuntimeConfig(BaseModel):
         mixed_precision: ``mixed_float16`` on GPUs (``mixed_bfloat16`` on CPUs).
         gpu_memory_growth: Allocate GPU memory as needed, so fractional-GPU trials
             can share a device instead of the first one taking it all.
+        memory_limit_mb: The memory one trial may use for training (default: its share
+            of the machine, total memory x its CPUs / all CPUs). A configuration whose
+            estimated footprint exceeds it fails at once, as ``invalid_config``.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -36,6 +39,7 @@ class RuntimeConfig(BaseModel):
     seed: int = 0
     mixed_precision: bool = False
     gpu_memory_growth: bool = True
+    memory_limit_mb: int | None = Field(None, ge=1)
 
 
 def quiet_tensorflow() -> None:

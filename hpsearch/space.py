@@ -137,8 +137,13 @@ def parse_space(raw: dict[str, Any], model: str, source: str | Path) -> dict[str
             try:
                 accepted.model_validate({name: value})
             except ValidationError as exc:
-                reason = exc.errors()[0]["msg"]
-                problems.append(f"{source}: {name}: value {value!r} is out of range for '{model}': {reason}")
+                error = exc.errors()[0]
+                if error["type"] == "int_from_float":  # a float range for an integer parameter
+                    problems.append(f"{source}: {name}: takes whole numbers; write {{type: int, low: "
+                                    f"{math.ceil(dist.low)}, high: {math.floor(dist.high)}}}")
+                else:
+                    problems.append(f"{source}: {name}: value {value!r} is out of range for '{model}': "
+                                    f"{error['msg']}")
                 break
     if problems:
         raise HpsearchError("\n".join(problems))
@@ -146,7 +151,13 @@ def parse_space(raw: dict[str, Any], model: str, source: str | Path) -> dict[str
 
 
 def _extremes(dist) -> list[Any]:
-    return list(dist.values) if isinstance(dist, Choice) else [dist.low, dist.high]
+    """Values the model must accept: every choice, or a range's ends and, for a continuous
+    range, a value between them (a float range for an integer parameter fails there)."""
+    if isinstance(dist, Choice):
+        return list(dist.values)
+    if isinstance(dist, IntRange):
+        return [dist.low, dist.high]
+    return [dist.low, dist.high, dist.low + (dist.high - dist.low) / math.pi]
 
 
 def to_optuna(space: dict[str, Any]) -> dict[str, od.BaseDistribution]:

@@ -35,6 +35,7 @@ from hpsearch.losses import get_loss
 from hpsearch.metrics import DiceMetric, SegmentationScores
 from hpsearch.models import build_model
 from hpsearch.params import TrainParams, model_options, train_options, validate_params
+from hpsearch.selection import metric_name
 
 STATE_FILE = "trainer_state.json"
 BEST_WEIGHTS_FILE = "best_weights.npz"
@@ -42,6 +43,8 @@ BEST_WEIGHTS_FILE = "best_weights.npz"
 
 class TrainingDiverged(HpsearchError):
     """The loss became NaN or infinite; usually the learning rate is too high."""
+
+    failure_kind = "nan"  # the same configuration diverges again (see hpsearch.failures)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,11 +91,6 @@ class EpochResult:
         )
 
 
-def metric_name(class_name: str) -> str:
-    """A class name as MLflow and Ray accept it in a metric key."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", class_name).strip("_") or "class"
-
-
 class _Batches(keras.utils.PyDataset):
     """Shuffled batches gathered from (possibly memory-mapped) arrays.
 
@@ -122,6 +120,9 @@ class Trainer:
         params: Flat hyperparameters (validated; defaults filled in).
         seed: Seed of weight initialisation and batch order; with the same seed
             and data, a restored trainer continues exactly as an uninterrupted one.
+        metric, mode: What picks the best epoch (whose weights are kept and exported):
+            any per-epoch metric of :meth:`EpochResult.metrics` (a search passes its
+            ``search.metric``), maximised or minimised.
     """
 
     def __init__(
@@ -131,7 +132,12 @@ class Trainer:
         params: Mapping[str, Any] | BaseModel,
         *,
         seed: int = 0,
+        metric: str = "val_dice",
+        mode: str = "max",
     ):
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', not {mode!r}")
+        self.metric, self.mode = metric, mode
         self.data = data
         self.model_name = model
         self.params = validate_params(model, params)
@@ -147,7 +153,7 @@ class Trainer:
         self.loss_fn: Callable = get_loss(p.loss)
         self.model.compile(optimizer=self.optimizer, loss=self.loss_fn)
         self.epoch = 0
-        self.best_val_dice = -math.inf
+        self.best_value = -math.inf if mode == "max" else math.inf
         self.best_epoch = 0
         self.history: list[dict[str, float]] = []
         self._best_weights: list[np.ndarray] | None = None
@@ -187,11 +193,26 @@ class Trainer:
             seconds=time.perf_counter() - started,
             class_names=tuple(self.data.class_names),
         )
-        if result.val_dice > self.best_val_dice:
-            self.best_val_dice, self.best_epoch = result.val_dice, self.epoch
+        metrics = result.metrics()
+        if self.metric not in metrics:
+            raise HpsearchError(f"search.metric: {self.metric} is not reported by training; choose one of "
+                                f"{', '.join(sorted(metrics))}")
+        if self._improves(metrics[self.metric]):
+            self.best_value, self.best_epoch = metrics[self.metric], self.epoch
             self._best_weights = self.model.get_weights()
-        self.history.append(result.metrics())
+        self.history.append(metrics)
         return result
+
+    def _improves(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        return value > self.best_value if self.mode == "max" else value < self.best_value
+
+    @property
+    def best_val_dice(self) -> float:
+        """Validation Dice of the best epoch (by :attr:`metric`); -inf before any epoch."""
+        best = next((h for h in self.history if h["epoch"] == self.best_epoch), None)
+        return best["val_dice"] if best else -math.inf
 
     def evaluate(self) -> tuple[float, SegmentationScores]:
         """Validation loss (mean over slices) and per-case Dice/IoU."""
@@ -210,15 +231,15 @@ class Trainer:
         return loss_sum / max(len(data.val_x), 1), metric.aggregate()
 
     def fit(self, on_epoch: Callable[[EpochResult], None] | None = None) -> float:
-        """Train the remaining epochs; return the best validation Dice."""
+        """Train the remaining epochs; return the best value of :attr:`metric`."""
         while not self.done:
             result = self.train_epoch()
             if on_epoch:
                 on_epoch(result)
-        return self.best_val_dice
+        return self.best_value
 
     def use_best_weights(self) -> None:
-        """Load the weights of the epoch with the best validation Dice."""
+        """Load the weights of the best epoch (by :attr:`metric`)."""
         if self._best_weights is not None:
             self.model.set_weights(self._best_weights)
 
@@ -245,6 +266,9 @@ class Trainer:
             "seed": self.seed,
             "epoch": self.epoch,
             "best_val_dice": self.best_val_dice if self._best_weights is not None else None,
+            "metric": self.metric,
+            "mode": self.mode,
+            "best_value": self.best_value if self._best_weights is not None else None,
             "best_epoch": self.best_epoch,
             "history": self.history,
             "data_digest": self.data.info.get("digest", ""),
@@ -275,8 +299,11 @@ class Trainer:
             variable.assign(value)
         self.epoch = state["epoch"]
         self.best_epoch = state["best_epoch"]
+        if state.get("metric", "val_dice") != self.metric:
+            raise HpsearchError(f"{directory}: checkpoint picks its best epoch by {state.get('metric', 'val_dice')}, "
+                                f"this trainer by {self.metric}")
         has_best = state["best_val_dice"] is not None
-        self.best_val_dice = state["best_val_dice"] if has_best else -math.inf
+        self.best_value = state.get("best_value", state["best_val_dice"]) if has_best else self.best_value
         self._best_weights = load_arrays(directory / BEST_WEIGHTS_FILE) if has_best else None
         self.history = list(state["history"])
 

@@ -31,6 +31,8 @@ def test_shipped_spaces_cover_the_seeds_parameters(model):
         ("learning_rate: {type: loguniform, low: -1, high: 0.01}", "a log scale needs low > 0"),
         ("depth: {type: int, low: 3, high: 3}", "low must be below high"),
         ("depth: {type: int, low: 2, high: 9}", "depth: value 9 is out of range for 'unet'"),
+        # Both ends are whole numbers, the values between are not (it crashed the summary).
+        ("epochs: {type: uniform, low: 1, high: 2}", "epochs: takes whole numbers; write {type: int, low: 1, high: 2}"),
         ("loss: {type: choice, values: []}", "loss.choice.values"),
         ("loss: {type: choice, values: [ce, focal]}", "loss: value 'focal' is out of range"),
         ("padding: {type: choice, values: [same, valid]}", None),

@@ -25,6 +25,8 @@ def add_commands(commands) -> None:
     submit.add_argument("--address", help=ADDRESS_HELP)
     submit.add_argument("--resume", metavar="EXPERIMENT",
                         help="instead of a job file: resume this experiment folder (its path on the cluster)")
+    submit.add_argument("--accept-data-change", action="store_true",
+                        help="with --resume: go on although the dataset changed (see `hpsearch resume`)")
     submit.add_argument("--working-dir", type=Path,
                         help="project folder uploaded as the job's working directory (default: .)")
     submit.set_defaults(func=_cmd_submit)
@@ -88,8 +90,10 @@ def _state_dir_option(parser: argparse.ArgumentParser) -> None:
 def _cmd_submit(args: argparse.Namespace) -> int:
     if (args.job is None) == (args.resume is None):
         raise jobs.HpsearchError("submit: give either a job file or --resume EXPERIMENT")
-    job_id = jobs.submit_search(args.job, args.overrides, address=args.address,
-                                working_dir=args.working_dir, resume=args.resume)
+    if args.accept_data_change and args.resume is None:
+        raise jobs.HpsearchError("submit: --accept-data-change goes with --resume EXPERIMENT")
+    job_id = jobs.submit_search(args.job, args.overrides, address=args.address, working_dir=args.working_dir,
+                                resume=args.resume, accept_data_change=args.accept_data_change)
     print(job_id)
     print(f"follow it: hpsearch logs {job_id} --follow", file=sys.stderr)
     return 0

@@ -79,7 +79,8 @@ def check_submittable(job: Job, job_path: Path, nodes: int) -> None:
 
 
 def submit_search(job_path: Path, overrides: list[str], *, address: str | None = None,
-                  working_dir: Path | None = None, resume: str | None = None) -> str:
+                  working_dir: Path | None = None, resume: str | None = None,
+                  accept_data_change: bool = False) -> str:
     """Submit ``hpsearch run JOB`` (or ``hpsearch resume EXPERIMENT``) as a Ray job.
 
     Returns:
@@ -90,6 +91,7 @@ def submit_search(job_path: Path, overrides: list[str], *, address: str | None =
         if not PurePosixPath(resume).is_absolute():
             raise HpsearchError(f"--resume {resume}: give the experiment folder's absolute path on the cluster")
         entrypoint, name = ["resume", resume], PurePosixPath(resume).name
+        entrypoint += ["--accept-data-change"] if accept_data_change else []
     else:
         job = load_job(job_path, overrides)
         _check_search_space(job, job_path)

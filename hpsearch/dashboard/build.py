@@ -28,6 +28,7 @@ from hpsearch.dashboard.page import (
     table_html,
 )
 from hpsearch.errors import HpsearchError, first_line
+from hpsearch.outcome import Outcome
 from hpsearch.search.results import format_value
 
 DASHBOARD_DIR = "dashboard"
@@ -106,16 +107,12 @@ def log_files(search: Search, files: list[Path]) -> None:
     Raises:
         HpsearchError: MLflow refused or is unreachable.
     """
-    from mlflow import MlflowClient
+    from hpsearch.tracking.runs import SearchRuns
 
-    client = MlflowClient(search.tracking_uri)
     try:
-        for path in files:
-            client.log_artifact(search.parent_run_id, str(path), artifact_path=DASHBOARD_DIR)
-    except Exception as exc:  # MlflowException, OSError from an artifact store: one line for the user
-        raise HpsearchError(f"{search.tracking_uri}: logging the dashboard to run {search.parent_run_id} failed "
-                            f"({first_line(exc)}); "
-                            "run `hpsearch dashboard --no-log` to only write the files") from None
+        SearchRuns(search.tracking_uri, search.parent_run_id, search.experiment_id).log_artifacts(files, DASHBOARD_DIR)
+    except HpsearchError as exc:
+        raise HpsearchError(f"{exc}; run `hpsearch dashboard --no-log` to only write the files") from None
 
 
 def search_page(search: Search, importance: Importance, pictures: Overlays, ui_base: str) -> str:
@@ -187,7 +184,7 @@ def _cell(value):
 
 
 def _header(search: Search, ui_base: str) -> str:
-    counts = {s: sum(t.status == s for t in search.trials) for s in ("completed", "stopped_early", "failed")}
+    counts = {o.value: sum(t.status == o for t in search.trials) for o in Outcome}
     best = search.best_trial()
     value, epoch = best.best(search.mode) if best else (math.nan, 0)
     shown = ", ".join(f"{k}={format_value(v)}" for k, v in sorted(best.params.items())) if best else ""

@@ -20,17 +20,16 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 from hpsearch.errors import HpsearchError
-from hpsearch.search.results import RESULTS_FILE
-from hpsearch.search.tuner import SEARCH_STATE, read_search_state
+from hpsearch.experiment import Experiment
+from hpsearch.outcome import Outcome
+from hpsearch.selection import default_mode
 from hpsearch.space import Choice, IntRange, load_space
-
-OUTCOMES = ("completed", "stopped_early", "failed", "running")
+from hpsearch.tracking.runs import STATUS_TAG, TRIAL_TAG
 
 
 @dataclasses.dataclass
@@ -121,8 +120,7 @@ class Search:
 
     def finished(self) -> list[Trial]:
         """Trials that ended with at least one finite value of the metric."""
-        return [t for t in self.trials if t.status in ("completed", "stopped_early")
-                and math.isfinite(t.best(self.mode)[0])]
+        return [t for t in self.trials if Outcome.parse(t.status).scored and math.isfinite(t.best(self.mode)[0])]
 
     def best_trial(self) -> Trial | None:
         """The finished trial with the best value of the metric."""
@@ -139,48 +137,31 @@ def collect_search(experiment_dir: Path) -> Search:
     Raises:
         HpsearchError: Not an experiment folder, MLflow unreachable, or the parent run gone.
     """
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
+    from hpsearch.tracking.store import ensure_reachable
 
-    from hpsearch.tracking import ensure_reachable
-
-    experiment_dir = Path(experiment_dir).resolve()
-    if not experiment_dir.is_dir():
-        raise HpsearchError(f"{experiment_dir}: no such folder; pass the experiment folder `hpsearch run` printed")
-    state = read_search_state(experiment_dir)
-    try:
-        job, parent_run_id, uri = state["job"], state["parent_run_id"], state["tracking_uri"]
-        search_cfg, scheduler = job["search"], job["scheduler"]
-    except (KeyError, TypeError) as exc:
-        raise HpsearchError(f"{experiment_dir / SEARCH_STATE}: {exc}: missing; the file is damaged "
-                            "or from another program") from None
-    ensure_reachable(uri)
-    client = MlflowClient(uri)
-    try:
-        parent = client.get_run(parent_run_id)
-    except MlflowException:
-        raise HpsearchError(f"{experiment_dir / SEARCH_STATE}: parent_run_id {parent_run_id} is not a run in "
-                            f"{uri}; was the MLflow store moved or cleaned?") from None
-    space = _space(experiment_dir, job)
-    checkpoints = _checkpoints(experiment_dir)
-    children = client.search_runs([parent.info.experiment_id], max_results=50000,
-                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
+    experiment = Experiment.open(experiment_dir)
+    state, job = experiment.state, experiment.state.job
+    search_cfg, scheduler = job.get("search", {}), job.get("scheduler", {})
+    ensure_reachable(state.tracking_uri)
+    runs = experiment.runs
+    parent = runs.parent
+    space = _space(experiment)
+    checkpoints = experiment.checkpoints()
     metric = search_cfg.get("metric", "val_dice")
-    children = sorted(children, key=lambda run: run.info.start_time or 0)  # the order trials started in
-    trials = [_trial(client, run, metric, space, checkpoints) for run in children]
+    trials = [_trial(runs.client, run, metric, space, checkpoints) for run in runs.children()]
     return Search(
-        name=parent.info.run_name or experiment_dir.name,
-        experiment_dir=experiment_dir,
-        tracking_uri=uri,
+        name=parent.info.run_name or experiment.name,
+        experiment_dir=experiment.path,
+        tracking_uri=state.tracking_uri,
         experiment_id=parent.info.experiment_id,
-        parent_run_id=parent_run_id,
+        parent_run_id=state.parent_run_id,
         metric=metric,
-        mode=search_cfg.get("mode", "max"),
+        mode=search_cfg.get("mode") or default_mode(metric),
         model=job.get("model", "?"),
         sampler=search_cfg.get("sampler", "?"),
         scheduler=dict(scheduler),
         space=space,
-        data_info=dict(state.get("data_info") or {}),
+        data_info=dict(state.data_info),
         job=job,
         start_ms=int(parent.info.start_time or 0),
         trials=trials,
@@ -194,7 +175,7 @@ def require_finished(search: Search) -> None:
         HpsearchError: No trial of the search finished.
     """
     if not search.finished():
-        counts = ", ".join(f"{sum(t.status == s for t in search.trials)} {s}" for s in OUTCOMES)
+        counts = ", ".join(f"{sum(t.status == o for t in search.trials)} {o}" for o in Outcome)
         raise HpsearchError(
             f"{search.experiment_dir}: no finished trial with a {search.metric} in MLflow ({counts}); "
             f"let the search run (or `hpsearch resume {search.experiment_dir}`) first"
@@ -206,12 +187,12 @@ def _trial(client, run, metric: str, space: dict, checkpoints: dict[str, str]) -
     history = sorted(client.get_metric_history(run.info.run_id, metric), key=lambda m: m.step)
     seconds = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "epoch_seconds")}
     stopped = tags.get("hpsearch.stopped_at_epoch")
-    trial_id = tags.get("hpsearch.trial_id", run.info.run_id)
+    trial_id = tags.get(TRIAL_TAG, run.info.run_id)
     return Trial(
         trial_id=trial_id,
         run_id=run.info.run_id,
         run_name=run.info.run_name or trial_id,
-        status=tags.get("hpsearch.status", "running"),
+        status=Outcome.parse(tags.get(STATUS_TAG)).value,
         params={name: _typed(space.get(name), value) for name, value in run.data.params.items()},
         epochs=[int(m.step) for m in history],
         values=[float(m.value) for m in history],
@@ -236,21 +217,9 @@ def _typed(dist, text: str) -> Any:
     return number
 
 
-def _space(experiment_dir: Path, job: dict) -> dict[str, Any]:
+def _space(experiment: Experiment) -> dict[str, Any]:
     # The copy beside the state is what the search ran with, even if the original changed.
-    copy = experiment_dir / "search_space.yaml"
-    path = copy if copy.is_file() else Path(job.get("search_space") or "")
-    if not path.is_file():
+    path = experiment.space_file()
+    if path is None or not path.is_file():
         return {}  # params then come back as plain numbers and strings
-    return load_space(path, job.get("model", "unet"))
-
-
-def _checkpoints(experiment_dir: Path) -> dict[str, str]:
-    path = experiment_dir / RESULTS_FILE
-    if not path.is_file():
-        return {}
-    try:
-        rows = json.loads(path.read_text()).get("trials", [])
-    except (OSError, ValueError):
-        return {}
-    return {row["trial_id"]: row.get("checkpoint", "") for row in rows if "trial_id" in row}
+    return load_space(path, experiment.state.job.get("model", "unet"))

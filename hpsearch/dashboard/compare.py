@@ -30,6 +30,7 @@ from hpsearch.dashboard.page import (
     table_html,
 )
 from hpsearch.errors import HpsearchError
+from hpsearch.outcome import Outcome
 from hpsearch.search.results import format_value
 
 COMPARE_DIR = "dashboards"
@@ -97,9 +98,9 @@ def searches_table(searches: list[Search], out: Path, ui_base: str | None) -> st
             "sampler": html.escape(search.sampler),
             "scheduler": html.escape(str(search.scheduler.get("type", "?"))),
             "trials": len(search.trials),
-            "completed": sum(t.status == "completed" for t in search.trials),
-            "stopped early": sum(t.status == "stopped_early" for t in search.trials),
-            "failed": sum(t.status == "failed" for t in search.trials),
+            "completed": sum(t.status == Outcome.COMPLETED for t in search.trials),
+            "stopped early": sum(t.status == Outcome.STOPPED_EARLY for t in search.trials),
+            "failed": sum(t.status == Outcome.FAILED for t in search.trials),
             f"best {search.metric_label}": round(value, 4) if math.isfinite(value) else None,
             "epochs trained": progress.epochs[-1] if progress.epochs else 0,
             "compute (trial-min)": round(progress.compute_minutes[-1], 2) if progress.epochs else 0,

@@ -50,16 +50,45 @@ def dataset_digest(index: DatasetIndex, memo: dict[str, str] | None = None) -> s
             unchanged multi-gigabyte dataset is not re-read on every run (the same
             trust in size and modification time that git and make place).
     """
-    memo = {} if memo is None else memo
+    return digest_of_files(file_digests(index, memo))
+
+
+def digest_of_files(files: dict[str, str]) -> str:
+    """The dataset digest of :func:`file_digests`' result."""
     digest = hashlib.sha256()
-    files = [index.manifest, *(p for case in index.cases for p in (*case.images, case.label))]
-    for path in files:
+    for name, file_hash in files.items():
+        digest.update(name.encode())
+        digest.update(file_hash.encode())
+    return digest.hexdigest()
+
+
+def file_digests(index: DatasetIndex, memo: dict[str, str] | None = None) -> dict[str, str]:
+    """SHA-256 of dataset.json and of every case file, by name relative to the dataset
+    folder, in case order ("" for a missing file): what :func:`dataset_digest` hashes, kept
+    so that a changed dataset can be explained file by file."""
+    memo = {} if memo is None else memo
+    out: dict[str, str] = {}
+    for path in [index.manifest, *(p for case in index.cases for p in (*case.images, case.label))]:
         # Relative names: the same data in another folder is the same entry.
         name = path.relative_to(index.root) if path.is_relative_to(index.root) else path
-        digest.update(str(name).encode())
-        if path.is_file():
-            digest.update(_file_digest(path, memo).encode())
-    return digest.hexdigest()
+        out[str(name)] = _file_digest(path, memo) if path.is_file() else ""
+    return out
+
+
+def cached_file_digests(index: DatasetIndex, cache_dir: Path | None = None) -> dict[str, str]:
+    """:func:`file_digests` through the cache's digest memo (only changed files are re-read)."""
+    memo_path = Path(cache_dir or default_cache_dir()) / "file-digests.json"
+    memo = _read_memo(memo_path)
+    known = len(memo)
+    out = file_digests(index, memo)
+    if len(memo) != known and memo_path.parent.is_dir():
+        _write_memo(memo_path, memo)
+    return out
+
+
+def changed_files(before: dict[str, str], after: dict[str, str]) -> list[str]:
+    """Names whose content differs, was added or was removed between two :func:`file_digests`."""
+    return sorted(name for name in before.keys() | after.keys() if before.get(name) != after.get(name))
 
 
 def _file_digest(path: Path, memo: dict[str, str]) -> str:

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from hpsearch.errors import HpsearchError
+from hpsearch.selection import PATTERN, check_metric, default_mode
 
 
 class _Section(BaseModel):
@@ -24,8 +25,9 @@ class SearchConfig(_Section):
         ``gp`` (needs ``pip install 'hpsearch[gp]'``).
     num_trials: Configurations to try.
     max_concurrent: Trials running at once.
-    metric: Reported metric to optimise (``val_dice``: mean foreground Dice).
-    mode: ``max`` or ``min``.
+    metric: Per-epoch metric that picks the best epoch and trial: ``val_dice`` (mean
+        foreground Dice), ``val_dice_<class>``, ``val_iou``, ``val_loss`` or ``loss``.
+    mode: ``max`` for Dice and IoU, ``min`` for losses (the default follows the metric).
     seed: Seed of the sampler; the same seed proposes the same configurations.
     max_failures: Retries of a failed trial (from its last checkpoint) before it
         is recorded as failed.
@@ -34,10 +36,20 @@ class SearchConfig(_Section):
     sampler: Literal["tpe", "random", "cmaes", "qmc", "gp"] = "tpe"
     num_trials: int = Field(16, ge=1, le=100_000)
     max_concurrent: int = Field(2, ge=1, le=10_000)
-    metric: str = Field("val_dice", pattern=r"^(loss|val_[A-Za-z0-9_.-]+)$")
-    mode: Literal["max", "min"] = "max"
+    metric: str = Field("val_dice", pattern=PATTERN)
+    mode: Literal["max", "min"] | None = None
     seed: int = 0
     max_failures: int = Field(1, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _mode_follows_metric(self):
+        if self.mode is None:
+            self.mode = default_mode(self.metric)
+        try:
+            check_metric(self.metric, self.mode)
+        except HpsearchError as exc:
+            raise ValueError(str(exc).split(": ", 1)[1]) from None
+        return self
 
 
 class SchedulerConfig(_Section):

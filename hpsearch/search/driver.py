@@ -1,13 +1,15 @@
 """``hpsearch run`` and ``hpsearch resume``: the search from job file to results table.
 
 Order matters: every file is validated, the MLflow store is reached, and the data is
-prepared before Ray starts, so a typo costs a second, not a cluster start.
+prepared before Ray starts, so a typo costs a second, not a cluster start. The search's
+state belongs to its :class:`~hpsearch.experiment.Experiment`; this module only drives it.
 """
 
 from __future__ import annotations
 
-import datetime as dt
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -15,111 +17,166 @@ from pathlib import Path
 
 from ray import tune
 
-from hpsearch.data import load_dataset
-from hpsearch.errors import HpsearchError
+from hpsearch.data import load_dataset, read_index
+from hpsearch.data.cache import cached_file_digests, digest_of_files
+from hpsearch.data.guard import refuse_inside
+from hpsearch.errors import HpsearchError, SearchInterrupted
+from hpsearch.experiment import Experiment, SearchState, base_name
+from hpsearch.outcome import Outcome, SearchStatus
 from hpsearch.search import results as results_mod
-from hpsearch.search.tuner import (
-    build_tuner,
-    read_search_state,
-    restore_tuner,
-    write_search_state,
-)
+from hpsearch.search.progress import SearchProgress
+from hpsearch.search.tuner import build_tuner, restore_tuner
+from hpsearch.selection import check_metric
 from hpsearch.space import load_space
 from hpsearch.spec import Job, load_job
+from hpsearch.tracking.store import ensure_reachable, local_store_path, resolve_uri
 
 Echo = Callable[[str], None]
 
 
 def run_search(job_path: Path, overrides=(), *, address: str | None = None, echo: Echo = print) -> Path:
     """Run the search a job file describes; return the experiment folder."""
-    from hpsearch.tracking import MLflowTracker, start_search_run
+    from hpsearch.tracking.runs import start_search_run
 
     job = load_job(job_path, overrides)
+    name = base_name(job.name)  # when the user started it, whatever the set-up costs
     if job.search_space is None:
         raise HpsearchError(f"{job_path}: search_space: missing; name a YAML file of distributions")
     # Absolute from here on: ray.init() in a Ray job's driver may change the working directory.
     job_path = Path(job_path).resolve()
+    storage = Path(job.storage.path).expanduser().resolve()
     job = job.model_copy(update={
         "search_space": job.search_space.resolve(),
         "dataset": job.dataset.model_copy(update={"path": job.dataset.path.resolve()}),
+        "storage": job.storage.model_copy(update={"path": str(storage)}),
+        "tracking": job.tracking.model_copy(update={"uri": resolve_uri(job.tracking.uri)}),
     })
     space = load_space(job.search_space, job.model)
-    storage = str(Path(job.storage.path).expanduser().resolve())
-    name = f"{job.name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    experiment_dir = Path(storage) / name
-    tracking_uri = _tracking_uri(job.tracking.uri)
-    _check_tracking(tracking_uri)
+    _refuse_outputs_in_dataset(job)
+    ensure_reachable(job.tracking.uri)
 
     data, from_cache = load_dataset(job.dataset)
-    echo(
-        f"data: {len(data.train_x)} training / {len(data.val_x)} validation slices "
-        f"({'cache' if from_cache else 'preprocessed'}), classes {data.class_names}"
-    )
+    check_metric(job.search.metric, job.search.mode, data.class_names)
+    files = cached_file_digests(read_index(job.dataset.path), job.dataset.cache_dir)
+    echo(f"data: {len(data.train_x)} training / {len(data.val_x)} validation slices "
+         f"({'cache' if from_cache else 'preprocessed'}), classes {data.class_names}")
     _init_ray(address)
     job.storage.check_for_cluster(_alive_nodes())
-    resolved = job.model_copy(
-        update={
-            "storage": job.storage.model_copy(update={"path": storage}),
-            "tracking": job.tracking.model_copy(update={"uri": tracking_uri}),
-        }
-    )
-    parent_run_id = start_search_run(
-        tracking_uri,
-        job.tracking.experiment or job.name,
-        run_name=name,
-        params=_search_params(job),
-        tags={"hpsearch.job": str(job_path), "hpsearch.experiment_dir": str(experiment_dir),
-              "mlflow.source.git.commit": _code_version()},
-        artifacts={"job.yaml": Path(job_path), "search_space.yaml": job.search_space},
-        dataset_fingerprint=data.info.get("fingerprint"),
-    )
-    write_search_state(
-        experiment_dir,
-        {
-            "parent_run_id": parent_run_id,
-            "tracking_uri": tracking_uri,
-            "job": resolved.model_dump(mode="json"),
-            "data_info": data.info,
-        },
-        {"job.yaml": Path(job_path), "search_space.yaml": job.search_space},
-    )
-    echo(f"search: {name}: {job.search.num_trials} trials, {job.search.max_concurrent} at a time, "
+
+    folder = Experiment.claim_folder(storage, name)
+    copies = {"job.yaml": job_path, "search_space.yaml": job.search_space}
+    try:
+        parent_run_id = start_search_run(
+            job.tracking.uri, job.tracking.experiment or job.name, run_name=folder.name,
+            params=_search_params(job), artifacts=copies, dataset_fingerprint=data.info.get("fingerprint"),
+            tags={"hpsearch.job": str(job_path), "hpsearch.experiment_dir": str(folder),
+                  "mlflow.source.git.commit": _code_version()})
+        experiment = Experiment.create(folder, SearchState(
+            job=job.model_dump(mode="json"), tracking_uri=job.tracking.uri, parent_run_id=parent_run_id,
+            dataset_digest=data.info["digest"], dataset_files=files, data_info=data.info), copies)
+    except BaseException:
+        Experiment.release_folder(folder)  # nothing of this search exists: no folder left behind
+        raise
+    experiment.state.experiment_id = experiment.runs.experiment_id
+    experiment.set_status(SearchStatus.RUNNING)
+    echo(f"search: {experiment.name}: {job.search.num_trials} trials, {job.search.max_concurrent} at a time, "
          f"sampler {job.search.sampler}, scheduler {job.scheduler.type}")
-    echo(f"experiment folder: {experiment_dir}")
-    tracker = MLflowTracker(tracking_uri, _experiment_id(tracking_uri, parent_run_id), parent_run_id)
-    tuner = build_tuner(job, space, data, name=name, storage=storage, callbacks=[tracker, ProgressPrinter(echo)])
-    return _finish(tuner, resolved, experiment_dir, echo)
+    echo(f"experiment folder: {experiment.path}")
+    tuner = build_tuner(job, space, data, name=experiment.name, storage=str(storage),
+                        callbacks=_callbacks(experiment, job, echo))
+    return _finish(tuner, experiment, echo)
 
 
-def resume_search(experiment_dir: Path, *, address: str | None = None, echo: Echo = print) -> Path:
-    """Continue an interrupted search with its searcher and scheduler state."""
-    experiment_dir = Path(experiment_dir).resolve()
-    state = read_search_state(experiment_dir)
-    job = Job.model_validate(state["job"])
-    _check_tracking(state["tracking_uri"])
+def resume_search(experiment_dir: Path, *, address: str | None = None, echo: Echo = print,
+                  accept_data_change: bool = False) -> Path:
+    """Continue an interrupted search with its searcher and scheduler state.
+
+    Raises:
+        HpsearchError: The dataset's content changed since the search started (unless
+            ``accept_data_change``: then the change is recorded and the search goes on).
+    """
+    experiment = Experiment.open(experiment_dir)
+    job = experiment.job
+    ensure_reachable(experiment.state.tracking_uri, f"{experiment.path.name}: tracking_uri")
+    files = cached_file_digests(read_index(job.dataset.path), job.dataset.cache_dir)
+    changed = experiment.check_dataset(digest_of_files(files), files, accept=accept_data_change)
     data, _ = load_dataset(job.dataset)
+    if changed:
+        experiment.update_data_info(data.info)
+        echo(f"warning: dataset changed ({len(changed)} file(s)); accepted and recorded in {experiment.path}")
     _init_ray(address)
     job.storage.check_for_cluster(_alive_nodes())
-    echo(f"resuming {experiment_dir}")
-    tuner = restore_tuner(experiment_dir, job, data)
-    return _finish(tuner, job, experiment_dir, echo)
+    echo(f"resuming {experiment.path}")
+    experiment.set_status(SearchStatus.RUNNING)
+    tuner = restore_tuner(experiment.path, job, data)
+    return _finish(tuner, experiment, echo)
 
 
-def _finish(tuner: tune.Tuner, job: Job, experiment_dir: Path, echo: Echo) -> Path:
-    grid = tuner.fit()
+def _callbacks(experiment: Experiment, job: Job, echo: Echo) -> list[tune.Callback]:
+    from hpsearch.tracking.tracker import MLflowTracker
+
+    state = experiment.state
+    tracker = MLflowTracker(state.tracking_uri, experiment.runs.experiment_id, state.parent_run_id,
+                            metric=job.search.metric, mode=job.search.mode, max_epochs=job.scheduler.max_epochs)
+    return [tracker, SearchProgress(job.search.num_trials, job.search.metric, job.search.mode, echo)]
+
+
+def _finish(tuner: tune.Tuner, experiment: Experiment, echo: Echo) -> Path:
+    job = experiment.job
+    with _interruptible() as stop:
+        grid = tuner.fit()
+    if stop.signal is not None:
+        experiment.set_status(SearchStatus.INTERRUPTED)
+        raise SearchInterrupted(
+            f"search interrupted ({signal.Signals(stop.signal).name}); its state is saved: "
+            f"continue with `hpsearch resume {experiment.path}`", 128 + stop.signal)
     rows = results_mod.summarise(grid, job.search.metric, job.search.mode)
-    path = results_mod.write_results(experiment_dir, rows, job.search.metric, job.search.mode)
-    counts = {s: sum(r.status == s for r in rows) for s in ("completed", "stopped_early", "failed")}
+    path = experiment.write_results(rows, job.search.metric, job.search.mode)
+    counts = {o: sum(r.status == o for r in rows) for o in Outcome}
     echo(results_mod.format_table(rows, job.search.metric))
-    echo(f"{len(rows)} trials: {counts['completed']} completed, {counts['stopped_early']} stopped early "
-         f"by ASHA, {counts['failed']} failed; results in {path}")
-    if rows and rows[0].status != "failed":
+    echo(f"{len(rows)} trials: {counts[Outcome.COMPLETED]} completed, {counts[Outcome.STOPPED_EARLY]} stopped "
+         f"early by ASHA, {counts[Outcome.FAILED]} failed; results in {path}")
+    if rows and Outcome(rows[0].status).scored:
         best = rows[0]
         shown = ", ".join(f"{k}={results_mod.format_value(v)}" for k, v in sorted(best.params.items()))
         echo(f"best: trial {best.trial_id} {job.search.metric}={best.best_value:.4f} at epoch "
              f"{best.best_epoch} with {shown}")
-    _write_dashboard(experiment_dir, echo)
-    return experiment_dir
+    _write_dashboard(experiment.path, echo)
+    return experiment.path
+
+
+class _Stop:
+    signal: int | None = None
+
+
+@contextlib.contextmanager
+def _interruptible():
+    """Turn the first SIGINT (Ctrl-C) or SIGTERM into Ray Tune's graceful stop, and remember it.
+
+    Tune stops on SIGUSR1 as on SIGINT: it saves the experiment state once more and returns
+    from ``fit()`` as if the search had ended. Routing both signals through SIGUSR1 lets the
+    driver know that it did not end: the results are not final, the search is interrupted.
+    A second signal stops at once (KeyboardInterrupt).
+    """
+    stop = _Stop()
+    if sys.platform == "win32" or not hasattr(signal, "SIGUSR1"):
+        yield stop
+        return
+
+    def handler(signum, frame):
+        if stop.signal is not None:
+            raise KeyboardInterrupt
+        stop.signal = signum
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours forwards it
+    try:
+        yield stop
+    finally:
+        os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _write_dashboard(experiment_dir: Path, echo: Echo) -> None:
@@ -145,37 +202,16 @@ def _write_dashboard(experiment_dir: Path, echo: Echo) -> None:
     echo(f"warning: dashboard not written ({reason[:300]}); retry with `hpsearch dashboard {experiment_dir}`")
 
 
-class ProgressPrinter(tune.Callback):
-    """One line per finished trial on the driver's console."""
-
-    def __init__(self, echo: Echo = print):
-        self.echo = echo
-        self.finished = 0
-
-    def __getstate__(self):
-        return {"finished": self.finished}  # the console is not part of the state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state, echo=print)
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        self._line(trial, "done")
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self._line(trial, "failed")
-
-    def _line(self, trial, outcome: str) -> None:
-        self.finished += 1
-        last = trial.last_result or {}
-        self.echo(
-            f"  trial {trial.trial_id} {outcome} after {last.get('training_iteration', 0)} epoch(s): "
-            f"best val_dice {last.get('best_val_dice', float('nan')):.4f}"
-        )
-
-
 def tracking_uri_of(job_path: Path) -> str:
     """The absolute MLflow URI of a job file's tracking section."""
-    return _tracking_uri(load_job(job_path).tracking.uri)
+    return resolve_uri(load_job(job_path).tracking.uri)
+
+
+def _refuse_outputs_in_dataset(job: Job) -> None:
+    """hpsearch never writes into a dataset folder: not its results, not its MLflow store."""
+    refuse_inside(Path(job.storage.path), job.dataset.path, "storage.path")
+    if (store := local_store_path(job.tracking.uri)) is not None:
+        refuse_inside(store, job.dataset.path, "tracking.uri")
 
 
 def _init_ray(address: str | None) -> None:
@@ -201,27 +237,6 @@ def _alive_nodes() -> int:
     return sum(1 for node in ray.nodes() if node.get("Alive"))
 
 
-def _tracking_uri(uri: str) -> str:
-    # A relative sqlite path would point elsewhere once Ray workers or a resume run
-    # from another directory; pin it to the absolute file now.
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + str(Path(uri[len(prefix):]).resolve())
-    return uri
-
-
-def _check_tracking(uri: str) -> None:
-    from hpsearch.tracking import ensure_reachable
-
-    ensure_reachable(uri)
-
-
-def _experiment_id(uri: str, run_id: str) -> str:
-    import mlflow
-
-    return mlflow.MlflowClient(uri).get_run(run_id).info.experiment_id
-
-
 def _search_params(job: Job) -> dict:
     return {
         "model": job.model,
@@ -229,6 +244,7 @@ def _search_params(job: Job) -> dict:
         "num_trials": job.search.num_trials,
         "max_concurrent": job.search.max_concurrent,
         "metric": job.search.metric,
+        "mode": job.search.mode,
         "seed": job.search.seed,
         "scheduler": job.scheduler.type,
         "max_epochs": job.scheduler.max_epochs,

@@ -1,22 +1,21 @@
 """The outcome of a search: one row per trial, a printed table and ``results.json``.
 
 A row says what a user asks of a trial: its sampled hyperparameters, its best
-validation Dice and at which epoch, how many epochs it ran, and whether it completed,
-was stopped early by ASHA, or failed (and why). ``results.json`` in the experiment
-folder is what ``hpsearch export`` reads to find the best checkpoint.
+validation Dice and at which epoch, how many epochs it ran, and its
+:class:`~hpsearch.outcome.Outcome` (completed, stopped early by ASHA, or failed and why).
+The :class:`~hpsearch.experiment.Experiment` writes the rows as ``results.json``, which
+``hpsearch export`` reads to find the best checkpoint.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 from typing import Any
 
-from hpsearch.errors import HpsearchError
-
-RESULTS_FILE = "results.json"
+from hpsearch.failures import classify_failure
+from hpsearch.outcome import ERROR_KEY, FAILURE_KEY, Outcome, decide_outcome
 
 
 @dataclasses.dataclass
@@ -27,8 +26,9 @@ class TrialSummary:
     best_epoch: int
     epochs_run: int
     epoch_cap: int
-    status: str  # completed | stopped_early | failed
+    status: str  # an Outcome word: completed | stopped_early | failed
     error: str = ""
+    failure: str = ""  # for a failed trial, its hpsearch.failures kind (nan, out_of_memory, ...)
     checkpoint: str = ""
     history: list[dict[str, float]] = dataclasses.field(default_factory=list)
 
@@ -43,26 +43,26 @@ def summarise(result_grid, metric: str, mode: str) -> list[TrialSummary]:
         pick = max if mode == "max" else min
         best = pick(values) if values else float("nan")
         best_epoch = next((int(h["training_iteration"]) for h in history if h.get(metric) == best), 0)
-        last = result.metrics or {}
+        last = result.metrics or {}  # empty for a trial that never reported an epoch
         epochs_run = int(last.get("training_iteration", len(history)))
         epoch_cap = int(last.get("epoch_cap", epochs_run))
-        if result.error is not None:
-            status = "failed"
-        elif epochs_run < epoch_cap:
-            status = "stopped_early"
-        else:
-            status = "completed"
-        checkpoint = _best_checkpoint(result, metric, mode)
+        failure = str(last.get(FAILURE_KEY) or "")
+        if result.error is not None and not failure:
+            failure = classify_failure(_first_line(result.error))
+        status = decide_outcome(epochs_run=epochs_run, epoch_cap=epoch_cap,
+                                failed=result.error is not None or bool(last.get(FAILURE_KEY)))
+        checkpoint = _best_checkpoint(result, metric, mode) if status.scored else ""
         rows.append(
             TrialSummary(
                 trial_id=str(last.get("trial_id", Path(result.path).name.removeprefix("trial_"))),
-                params=dict(result.config),
+                params=dict(result.config or {}),  # None when the trial failed before it started
                 best_value=best,
                 best_epoch=best_epoch,
                 epochs_run=epochs_run,
                 epoch_cap=epoch_cap,
-                status=status,
-                error=_first_line(result.error),
+                status=status.value,
+                error=str(last.get(ERROR_KEY) or _first_line(result.error)),
+                failure=failure if status is Outcome.FAILED else "",
                 checkpoint=checkpoint,
                 history=history,
             )
@@ -71,8 +71,9 @@ def summarise(result_grid, metric: str, mode: str) -> list[TrialSummary]:
 
 
 def sort_rows(rows: list[TrialSummary], mode: str) -> list[TrialSummary]:
+    """Best first: scored trials (completed, stopped early) by their best value, then the rest."""
     def key(row: TrialSummary) -> float:
-        if math.isnan(row.best_value):
+        if math.isnan(row.best_value) or not Outcome.parse(row.status).scored:
             return math.inf
         return -row.best_value if mode == "max" else row.best_value
 
@@ -85,36 +86,14 @@ def format_table(rows: list[TrialSummary], metric: str, top: int = 10) -> str:
     header = ["trial", f"best {metric}", "epoch", "ran", "status", *names]
     lines = [header]
     for row in rows[:top]:
-        status = row.status if row.status != "stopped_early" else f"ASHA stop @{row.epochs_run}"
+        status = row.status if row.status != Outcome.STOPPED_EARLY else f"ASHA stop @{row.epochs_run}"
+        status = f"{status} ({row.failure})" if row.failure else status
         lines.append(
             [row.trial_id, f"{row.best_value:.4f}", str(row.best_epoch), f"{row.epochs_run}/{row.epoch_cap}",
              status, *(format_value(row.params.get(n)) for n in names)]
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
-
-
-def write_results(experiment_dir: Path, rows: list[TrialSummary], metric: str, mode: str) -> Path:
-    path = experiment_dir / RESULTS_FILE
-    payload = {
-        "metric": metric,
-        "mode": mode,
-        "best": dataclasses.asdict(rows[0]) if rows else None,
-        "trials": [dataclasses.asdict(row) for row in rows],
-    }
-    # NaN (a trial with no finite score) stays NaN: Python's json reads it back.
-    path.write_text(json.dumps(payload, indent=2, default=str))
-    return path
-
-
-def read_results(experiment_dir: Path) -> dict[str, Any]:
-    path = experiment_dir / RESULTS_FILE
-    if not path.is_file():
-        raise HpsearchError(
-            f"{experiment_dir}: no {RESULTS_FILE}; the search has not finished "
-            f"(run `hpsearch resume {experiment_dir}` first)"
-        )
-    return json.loads(path.read_text())
 
 
 def _history(frame) -> list[dict[str, float]]:

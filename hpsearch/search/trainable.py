@@ -12,12 +12,18 @@ object store once and every trial on a node reads the same read-only arrays.
 from __future__ import annotations
 
 import gc
+import math
+import os
 from typing import Any
 
 import ray
 from ray import tune
 
 from hpsearch.data.preprocess import PreparedData
+from hpsearch.errors import first_line
+from hpsearch.failures import RECURRING, classify_failure
+from hpsearch.models.footprint import check_fits
+from hpsearch.outcome import ERROR_KEY, FAILURE_KEY
 from hpsearch.runtime import RuntimeConfig, configure_tensorflow
 
 
@@ -31,6 +37,13 @@ class SegmentationTrainable(tune.Trainable):
         runtime: The job's ``runtime`` section as a dict; threads follow the
             trial's CPUs.
         max_epochs: Epoch cap of the search (``scheduler.max_epochs``).
+        metric, mode: The search metric; the trainer keeps its best epoch by it.
+
+    A failure that would only happen again (diverged loss, out of memory, a configuration
+    that cannot be built) is reported as the trial's last result (``hpsearch_failure``) and
+    ends the trial, rather than raised: Ray would retry a raised error from the last
+    checkpoint ``max_failures`` times, paying for the same failure again. Other errors (a
+    lost node, a killed actor) are raised and retried.
     """
 
     def setup(
@@ -42,12 +55,14 @@ class SegmentationTrainable(tune.Trainable):
         base_params: dict[str, Any],
         runtime: dict[str, Any],
         max_epochs: int,
+        metric: str = "val_dice",
+        mode: str = "max",
     ) -> None:
         cpus = self.trial_resources.required_resources.get("CPU", 1) if self.trial_resources else 1
         self._runtime = RuntimeConfig(**{**runtime, "intra_op_threads": max(1, round(cpus))})
         configure_tensorflow(self._runtime)
         self._data, self._model, self._base = data, model, base_params
-        self._max_epochs = max_epochs
+        self._max_epochs, self._metric, self._mode = max_epochs, metric, mode
         self._build(config)
 
     def _build(self, config: dict[str, Any]) -> None:
@@ -57,20 +72,36 @@ class SegmentationTrainable(tune.Trainable):
 
         # Free the previous trial's graph and weights before building the next model
         # in a reused actor; without it memory grows trial after trial.
-        self.trainer = None
+        self.trainer, self._setup_failure = None, None
         keras.backend.clear_session()
         gc.collect()
-        self.trainer = Trainer(self._data, self._model, {**self._base, **config}, seed=self._runtime.seed)
+        self._epoch_cap = min(config.get("epochs", self._base.get("epochs", self._max_epochs)), self._max_epochs)
+        try:
+            self.trainer = Trainer(self._data, self._model, {**self._base, **config}, seed=self._runtime.seed,
+                                   metric=self._metric, mode=self._mode)
+            check_fits(self.trainer.model, self.trainer.train_params.batch_size, self._memory_budget())
+        except Exception as exc:  # reported by the first step, where Tune records results
+            self._setup_failure = exc
+            return
         self._epoch_cap = min(self.trainer.train_params.epochs, self._max_epochs)
 
     def step(self) -> dict[str, Any]:
-        if self.trainer.epoch >= self._epoch_cap and self.trainer.history:
-            # Restored from the checkpoint of its final epoch (the driver died before
-            # recording the result): report that epoch again rather than train past it.
-            result = dict(self.trainer.history[-1])
-        else:
-            result = self.trainer.train_epoch().metrics()
-        result["best_val_dice"] = self.trainer.best_val_dice
+        try:
+            if self._setup_failure is not None:
+                raise self._setup_failure
+            if self.trainer.epoch >= self._epoch_cap and self.trainer.history:
+                # Restored from the checkpoint of its final epoch (the driver died before
+                # recording the result): report that epoch again rather than train past it.
+                result = dict(self.trainer.history[-1])
+            else:
+                result = self.trainer.train_epoch().metrics()
+        except Exception as exc:
+            kind = getattr(exc, "failure_kind", None) or classify_failure(f"{type(exc).__name__}: {exc}")
+            if kind not in RECURRING:
+                raise  # Tune retries it (max_failures) from the last checkpoint
+            return {self._metric: math.nan, FAILURE_KEY: kind, ERROR_KEY: first_line(exc, 400),
+                    "epoch_cap": self._epoch_cap, "done": True}
+        result[f"best_{self._metric}"] = self.trainer.best_value
         # Which Ray node trained this epoch: MLflow shows where a trial ran and moved.
         result["node_id"] = ray.get_runtime_context().get_node_id()
         result["epoch_cap"] = self._epoch_cap
@@ -78,8 +109,19 @@ class SegmentationTrainable(tune.Trainable):
         result["done"] = self.trainer.epoch >= self._epoch_cap
         return result
 
+    def _memory_budget(self) -> int:
+        """The trial's memory: the job's ``runtime.memory_limit_mb``, else its share of the
+        machine by CPUs (two 1-CPU trials on 2 cores get half each)."""
+        if self._runtime.memory_limit_mb:
+            return self._runtime.memory_limit_mb * 2**20
+        import psutil
+
+        share = self._runtime.intra_op_threads / (os.cpu_count() or 1)
+        return int(psutil.virtual_memory().total * min(1.0, share))
+
     def save_checkpoint(self, checkpoint_dir: str) -> None:
-        self.trainer.save(checkpoint_dir)
+        if self.trainer is not None:  # None: the configuration could not be built
+            self.trainer.save(checkpoint_dir)
 
     def load_checkpoint(self, checkpoint: str) -> None:
         self.trainer.restore(checkpoint)

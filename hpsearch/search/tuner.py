@@ -4,14 +4,13 @@ The driver side of ``hpsearch run`` / ``hpsearch resume``: everything is validat
 the data prepared *before* Ray starts; the Tuner gets Ray's ``OptunaSearch`` with a
 seeded Optuna sampler, ``ASHAScheduler`` counting epochs, the
 :class:`~hpsearch.search.trainable.SegmentationTrainable` with the data in the object
-store, and the MLflow callback. The experiment folder keeps what a resume needs.
+store, and the MLflow callback. Ray keeps its state in the experiment folder
+(:class:`~hpsearch.experiment.Experiment`), which ``Tuner.restore`` resumes from.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
-import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,8 +24,6 @@ from hpsearch.data.preprocess import PreparedData
 from hpsearch.errors import HpsearchError
 from hpsearch.search.trainable import SegmentationTrainable
 from hpsearch.space import to_optuna
-
-SEARCH_STATE = "hpsearch-search.json"
 
 
 def make_sampler(name: str, seed: int, num_trials: int) -> optuna.samplers.BaseSampler:
@@ -121,6 +118,8 @@ def trainable_for(job, data: PreparedData) -> Callable:
         base_params=dict(job.params),
         runtime=job.runtime.model_dump(),
         max_epochs=job.scheduler.max_epochs,
+        metric=job.search.metric,
+        mode=job.search.mode,
     )
     resources = {"cpu": job.resources.cpus_per_trial, "gpu": job.resources.gpus_per_trial}
     return tune.with_resources(bound, resources)
@@ -139,21 +138,3 @@ def restore_tuner(experiment_dir: Path, job, data: PreparedData) -> tune.Tuner:
     return tune.Tuner.restore(
         str(experiment_dir), trainable=trainable_for(job, data), resume_unfinished=True, resume_errored=False
     )
-
-
-def write_search_state(experiment_dir: Path, state: dict[str, Any], files: dict[str, Path]) -> None:
-    """Keep what a resume needs beside Ray's state: ids, the resolved job, copies."""
-    experiment_dir.mkdir(parents=True, exist_ok=True)
-    for name, source in files.items():
-        shutil.copyfile(source, experiment_dir / name)
-    (experiment_dir / SEARCH_STATE).write_text(json.dumps(state, indent=2, default=str))
-
-
-def read_search_state(experiment_dir: Path) -> dict[str, Any]:
-    path = experiment_dir / SEARCH_STATE
-    if not path.is_file():
-        raise HpsearchError(
-            f"{experiment_dir}: not an hpsearch experiment folder (no {SEARCH_STATE}); "
-            "pass the folder `hpsearch run` printed"
-        )
-    return json.loads(path.read_text())

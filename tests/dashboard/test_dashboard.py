@@ -17,7 +17,7 @@ from hpsearch.dashboard.figures import asha_rungs, curves_figure, outcome_style
 from hpsearch.dashboard.importance import compute_importance
 from hpsearch.dashboard.overlays import pick_slices
 from hpsearch.search.driver import _write_dashboard
-from hpsearch.search.tuner import write_search_state
+from hpsearch.experiment import SearchState, write_state
 from hpsearch.tracking import start_search_run
 
 PNGS = {"progress.png", "curves.png", "parallel.png", "importance.png", "predictions.png"}
@@ -148,7 +148,8 @@ def test_bad_input_is_one_line_and_exit_2(searches, tmp_path, capsys):
 
     unreachable = tmp_path / "moved"
     state = json.loads((searches["tpe"] / "hpsearch-search.json").read_text())
-    write_search_state(unreachable, {**state, "tracking_uri": "http://127.0.0.1:9"}, {})
+    unreachable.mkdir()
+    write_state(unreachable, SearchState.model_validate({**state, "tracking_uri": "http://127.0.0.1:9"}))
     assert main(["dashboard", str(unreachable)]) == 2
     (line,) = _errors(capsys)
     assert line.startswith("hpsearch: error: tracking.uri http://127.0.0.1:9: MLflow is not reachable")
@@ -156,7 +157,8 @@ def test_bad_input_is_one_line_and_exit_2(searches, tmp_path, capsys):
     # A search whose parent run exists but no trial ever reported.
     empty = tmp_path / "empty"
     parent = start_search_run(state["tracking_uri"], "dash-empty", run_name="empty", params={}, tags={})
-    write_search_state(empty, {**state, "parent_run_id": parent}, {})
+    empty.mkdir()
+    write_state(empty, SearchState.model_validate({**state, "parent_run_id": parent}))
     assert main(["dashboard", str(empty)]) == 2
     (line,) = _errors(capsys)
     assert "no finished trial with a val_dice in MLflow (0 completed" in line and "hpsearch resume" in line

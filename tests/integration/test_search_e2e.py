@@ -135,6 +135,10 @@ def test_failing_trials_are_recorded_and_the_search_completes(local_ray, lv_smal
     assert len(tagged) == len(failed)
     assert all("diverged" in c.data.tags.get("hpsearch.error", "") for c in tagged)
     assert all(c.info.status == "FAILED" for c in tagged)
+    # A diverged configuration diverges again: recorded as such and not retried.
+    assert all(t["failure"] == "nan" for t in failed)
+    assert all(c.data.tags["hpsearch.failure"] == "nan" and "hpsearch.retry_error" not in c.data.tags
+               for c in tagged)
 
 
 def _hpsearch(*args, cwd: Path) -> subprocess.Popen:
@@ -201,3 +205,18 @@ def _persisted_finished(experiment: Path) -> list[str]:
 def _result_lines(trial_dir: Path) -> int:
     path = trial_dir / "result.json"
     return len(path.read_text().splitlines()) if path.is_file() else 0
+
+
+def test_a_configuration_that_cannot_fit_fails_at_once_and_is_not_retried(local_ray, lv_small, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    job = _write_job(tmp_path, lv_small, sampler="random", trials=2,
+                     **{"storage: results": "storage: results\nruntime: {memory_limit_mb: 1}"})
+    experiment = run_search(job, echo=lambda line: None)
+    results = json.loads((experiment / "results.json").read_text())
+    assert [t["status"] for t in results["trials"]] == ["failed", "failed"]
+    assert all(t["failure"] == "invalid_config" and "needs about" in t["error"] and "the trial has 0.00 GiB"
+               in t["error"] for t in results["trials"])
+    state = json.loads((experiment / "hpsearch-search.json").read_text())
+    _, children = _children(state["tracking_uri"], state["parent_run_id"])
+    assert [c.data.tags["hpsearch.failure"] for c in children] == ["invalid_config"] * 2
+    assert all("hpsearch.retry_error" not in c.data.tags for c in children)

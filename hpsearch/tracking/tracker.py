@@ -23,13 +23,10 @@ Example:
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
-import json
 import logging
 import math
 import numbers
-import os
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -37,113 +34,39 @@ from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, RunTag
 from mlflow.exceptions import MlflowException
 from ray.tune import Callback
 
-from hpsearch.errors import HpsearchError, first_line
+from hpsearch.failures import classify_failure
+from hpsearch.outcome import ENDED, ERROR_KEY, FAILURE_KEY, Outcome, SearchStatus, decide_outcome
+from hpsearch.tracking.runs import (
+    MAX_TAG_LENGTH,
+    MAX_TRIALS,
+    PARENT_TAG,
+    STATUS_TAG,
+    TRIAL_TAG,
+    flatten_params,
+    log_params,
+)
+from hpsearch.tracking.store import scoped_env
 
 _LOG = logging.getLogger(__name__)
 
 DEFAULT_METRICS = frozenset({"loss", "val_loss", "val_dice", "val_iou", "lr", "epoch_seconds"})
 STEP_METRIC = "training_iteration"  # in every batch: the run's high-water mark
-BEST_METRIC = "val_dice"
-MAX_PARAM_LENGTH, MAX_TAG_LENGTH = 6000, 8000  # MLflow's limits on values
 NONFINITE_TAG = "hpsearch.nonfinite_metrics"
 NODE_KEY = "node_id"  # a trial's results name the Ray node that produced them
-ENDED = frozenset({"completed", "stopped_early", "failed", "lost"})
 # Errors a retry cannot fix (a bad key, a deleted run) drop the write rather than block the queue
 # forever; others (refused connection, timeout, 5xx, a locked database) are an outage: retried.
 _PERMANENT = frozenset({"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS",
                         "RESOURCE_DOES_NOT_EXIST", "INVALID_STATE", "BAD_REQUEST"})
-_BAD_KEY_CHARS = re.compile(r"[^\w./\- :]")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def default_metric_keys(key: str) -> bool:
     """The per-epoch metrics of :meth:`hpsearch.trainer.EpochResult.metrics` worth a chart."""
     return key in DEFAULT_METRICS or key.startswith(("val_dice_", "val_iou_"))
-
-
-def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested params as ``{"dataset.image_size": "[96, 96]"}``, truncated to MLflow's limit."""
-    out: dict[str, str] = {}
-    for key, value in params.items():
-        if isinstance(value, Mapping) and value:
-            out.update(flatten_params(value, f"{prefix}{key}."))
-        else:
-            out[_BAD_KEY_CHARS.sub("_", f"{prefix}{key}")] = str(value)[:MAX_PARAM_LENGTH]
-    return out
-
-
-def start_search_run(tracking_uri: str, experiment_name: str, *, run_name: str, params: dict[str, Any],
-                     tags: dict[str, str], artifacts: dict[str, Path] | None = None,
-                     dataset_fingerprint: dict | None = None, artifact_location: str | None = None) -> str:
-    """Create the parent run of one search (and its experiment if missing); return its id.
-
-    ``params`` are logged flattened (``a.b``), stringified, cut to 6000 characters; ``tags``
-    as given (``hpsearch.job``, ``mlflow.source.git.commit``); ``artifacts`` maps a name in
-    the run to a local text file; the fingerprint becomes ``dataset_fingerprint.json``.
-
-    Raises:
-        ValueError: An artifact name is not relative or the fingerprint is not JSON-able.
-        MlflowException: MLflow refused or is unreachable: the search should not start.
-    """
-    for name in artifacts or {}:
-        if not Path(name).parts or Path(name).is_absolute() or ".." in Path(name).parts:
-            raise ValueError(f"artifact name {name!r} must be a relative file name")
-    try:
-        json.dumps(dataset_fingerprint)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"dataset_fingerprint is not JSON-serialisable: {exc}") from exc
-    client = MlflowClient(tracking_uri)
-    if client.get_experiment_by_name(experiment_name) is None:
-        try:
-            client.create_experiment(experiment_name, artifact_location=artifact_location)
-        except MlflowException as exc:  # another search created it in the meantime
-            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-    experiment_id = client.get_experiment_by_name(experiment_name).experiment_id
-    run_id = client.create_run(experiment_id, run_name=run_name, tags={
-        k: str(v)[:MAX_TAG_LENGTH] for k, v in {"hpsearch.status": "running", **tags}.items()}).info.run_id
-    _log_params(client, run_id, flatten_params(params))
-    for name, path in (artifacts or {}).items():  # log_text: stored under the given name
-        client.log_text(run_id, Path(path).read_text(encoding="utf-8"), name)
-    if dataset_fingerprint is not None:
-        client.log_dict(run_id, dataset_fingerprint, "dataset_fingerprint.json")
-    return run_id
-
-
-def check_reachable(tracking_uri: str, timeout_s: int = 5) -> None:
-    """Ask the store for one experiment, failing fast (no MLflow retry backoff).
-
-    Raises:
-        MlflowException, OSError: The store is unreachable or refuses.
-    """
-    env = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s)}
-    with _scoped_env(env):
-        MlflowClient(tracking_uri).search_experiments(max_results=1)
-
-
-def ensure_reachable(tracking_uri: str) -> None:
-    """:func:`check_reachable`, with a failure as one line a user can act on.
-
-    Raises:
-        HpsearchError: The store is unreachable or refuses.
-    """
-    try:
-        check_reachable(tracking_uri)
-    except Exception as exc:  # connection refused, bad scheme, unwritable database ...
-        raise HpsearchError(
-            f"tracking.uri {tracking_uri}: MLflow is not reachable ({first_line(exc)}); "
-            "start the server or fix tracking.uri"
-        ) from None
-
-
-def _log_params(client: MlflowClient, run_id: str, params: Mapping[str, str]) -> None:
-    items = list(params.items())
-    for i in range(0, len(items), 100):  # log_batch takes at most 100 params
-        client.log_batch(run_id, params=[Param(k, v) for k, v in items[i : i + 100]])
 
 
 @dataclasses.dataclass
@@ -161,6 +84,7 @@ class MLflowTracker(Callback):
 
     Args:
         tracking_uri, experiment_id, parent_run_id: MLflow store and the parent run.
+        metric, mode: The search metric; each child run gets ``best_<metric>`` when it ends.
         metric_keys: Which numeric result keys to log (default :func:`default_metric_keys`).
         max_epochs: Epochs of a complete trial if results have no ``epoch_cap`` and the
             config no ``epochs``; with none, a trial Tune stopped counts as stopped early.
@@ -174,12 +98,14 @@ class MLflowTracker(Callback):
     """
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, *,
+                 metric: str = "val_dice", mode: str = "max",
                  metric_keys: Callable[[str], bool] | None = None, max_epochs: int | None = None,
                  http_retries: int = 1, http_timeout_s: int = 10, end_flush_s: float = 30.0):
         if not (tracking_uri and experiment_id and parent_run_id):
             raise ValueError("tracking_uri, experiment_id and parent_run_id are required")
         self._args = {k: v for k, v in locals().items() if k != "self"}
         self.tracking_uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
+        self.metric, self.mode = metric, mode  # the search's: its best goes to the child run
         self._metric_keys, self._max_epochs = metric_keys or default_metric_keys, max_epochs
         self._http_env = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(http_retries), "MLFLOW_HTTP_REQUEST_TIMEOUT":
                           str(http_timeout_s)} if tracking_uri.startswith("http") else {}
@@ -208,7 +134,7 @@ class MLflowTracker(Callback):
     # Tune hooks: they run in Ray's driver loop, so nothing may raise because of MLflow.
 
     def setup(self, **info):
-        self._guarded(self._client.set_tag, self.parent_run_id, "hpsearch.status", "running")
+        self._guarded(self._client.set_tag, self.parent_run_id, STATUS_TAG, SearchStatus.RUNNING.value)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._push(trial, None, start=True)  # also for retries, restores and reused actors
@@ -235,14 +161,19 @@ class MLflowTracker(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         # Tune calls this for a trial that ended by itself and for one a scheduler (ASHA) or
         # stopper stopped, after setting done=True in its last result: only the epoch count
-        # tells them apart (TuneController._process_trial_result, stop_trial).
+        # tells them apart (TuneController._process_trial_result, stop_trial). A trainable
+        # that met a failure a retry cannot fix reports it and ends (see hpsearch.failures).
         last, config = trial.last_result or {}, trial.config if isinstance(trial.config, Mapping) else {}
         epoch, epochs = int(last.get(STEP_METRIC) or 0), last.get("epoch_cap") or config.get("epochs")
-        epochs = epochs or self._max_epochs
-        complete = epoch >= int(epochs) if epochs else trial.trial_id not in self._done_by_tune
-        tags = {"hpsearch.status": "completed"} if complete else {
-            "hpsearch.status": "stopped_early", "hpsearch.stopped_at_epoch": str(epoch)}
-        self._end(trial, tags, "FINISHED")
+        failure = last.get(FAILURE_KEY)
+        outcome = decide_outcome(epochs_run=epoch, epoch_cap=int(epochs or self._max_epochs or 0) or None,
+                                 failed=bool(failure), stopped_by_scheduler=trial.trial_id in self._done_by_tune)
+        tags = {STATUS_TAG: outcome.value}
+        if outcome is Outcome.STOPPED_EARLY:
+            tags["hpsearch.stopped_at_epoch"] = str(epoch)
+        elif outcome is Outcome.FAILED:
+            tags.update({"hpsearch.failure": str(failure), "hpsearch.error": str(last.get(ERROR_KEY, ""))[:500]})
+        self._end(trial, tags, "FAILED" if outcome is Outcome.FAILED else "FINISHED")
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         # A failed attempt that Tune retries (FailureConfig.max_failures): not failed yet.
@@ -251,7 +182,9 @@ class MLflowTracker(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         # Called only once Tune gives up on the trial (TuneController._process_trial_failure).
-        self._end(trial, {"hpsearch.status": "failed", "hpsearch.error": _error_text(trial),
+        error = _error_text(trial)
+        self._end(trial, {STATUS_TAG: Outcome.FAILED.value, "hpsearch.error": error,
+                          "hpsearch.failure": classify_failure(error),
                           "hpsearch.retries": str(max(trial.num_failures - 1, 0))}, "FAILED")
 
     def on_experiment_end(self, trials, **info):
@@ -297,10 +230,10 @@ class MLflowTracker(Callback):
 
     def _end(self, trial, tags: dict[str, str], status: str) -> None:
         step = int((trial.last_result or {}).get(STEP_METRIC) or 0)
-        best = (trial.metric_analysis or {}).get(BEST_METRIC, {}).get("max")  # incl. earlier drivers'
+        best = (trial.metric_analysis or {}).get(self.metric, {}).get(self.mode)  # incl. earlier drivers'
         stamp, ok = int(time.time() * 1000), isinstance(best, numbers.Real) and math.isfinite(best)
-        metrics = [Metric(f"best_{BEST_METRIC}", float(best), stamp, step)] if ok else []
-        self._outcome[trial.trial_id] = tags["hpsearch.status"]
+        metrics = [Metric(f"best_{self.metric}", float(best), stamp, step)] if ok else []
+        self._outcome[trial.trial_id] = Outcome(tags[STATUS_TAG])
         self._push(trial, _Op(trial.trial_id, "end", step, metrics, tags, status=status))
 
     def _drain(self) -> int:
@@ -308,7 +241,7 @@ class MLflowTracker(Callback):
         while self._pending:
             op = self._pending[0]
             try:
-                with _scoped_env(self._http_env):
+                with scoped_env(self._http_env):
                     self._send(op)
             except Exception as exc:  # the resilience boundary: tracking never fails a search
                 # requests' ConnectionError and Timeout are OSErrors; any other type is a bug.
@@ -362,16 +295,16 @@ class MLflowTracker(Callback):
         # A new driver (Tuner.restore) finds and continues the run an earlier one created.
         runs = [client.get_run(self._run_ids[tid])] if tid in self._run_ids else client.search_runs(
             [self.experiment_id], max_results=1, filter_string=(
-                f"tags.`hpsearch.trial_id` = '{tid}' and tags.`mlflow.parentRunId` = '{self.parent_run_id}'"))
+                f"tags.`{TRIAL_TAG}` = '{tid}' and tags.`{PARENT_TAG}` = '{self.parent_run_id}'"))
         if not runs:
             n = tid.rsplit("_", 1)[-1]  # Tune's trial ids are <experiment hash>_<counter>
             run = client.create_run(self.experiment_id, run_name=f"trial-{n}" if n.isdigit() else tid,
-                                    tags={"mlflow.parentRunId": self.parent_run_id, "hpsearch.trial_id": tid,
-                                          "hpsearch.status": "running"})
-        elif (run := runs[0]).info.status != "RUNNING" or run.data.tags.get("hpsearch.status") != "running":
+                                    tags={PARENT_TAG: self.parent_run_id, TRIAL_TAG: tid,
+                                          STATUS_TAG: Outcome.RUNNING.value})
+        elif (run := runs[0]).info.status != "RUNNING" or run.data.tags.get(STATUS_TAG) != Outcome.RUNNING:
             client.update_run(run.info.run_id, status="RUNNING")
-            client.set_tag(run.info.run_id, "hpsearch.status", "running")
-        _log_params(client, run.info.run_id, {k: v for k, v in op.tags.items() if k not in run.data.params})
+            client.set_tag(run.info.run_id, STATUS_TAG, Outcome.RUNNING.value)
+        log_params(client, run.info.run_id, {k: v for k, v in op.tags.items() if k not in run.data.params})
         self._run_ids[tid] = run.info.run_id
         self._closed.discard(tid)
 
@@ -379,12 +312,12 @@ class MLflowTracker(Callback):
         """Trial id -> ``hpsearch.status`` of every child run, this process's view first."""
         found: dict = {}
         try:
-            with _scoped_env(self._http_env):  # a search has far fewer than 50000 trials
-                runs = self._client.search_runs([self.experiment_id], max_results=50000, filter_string=(
-                    f"tags.`mlflow.parentRunId` = '{self.parent_run_id}'"))
-            found = {r.data.tags.get("hpsearch.trial_id"): r.data.tags.get("hpsearch.status") for r in runs}
+            with scoped_env(self._http_env):
+                runs = self._client.search_runs([self.experiment_id], max_results=MAX_TRIALS, filter_string=(
+                    f"tags.`{PARENT_TAG}` = '{self.parent_run_id}'"))
+            found = {r.data.tags.get(TRIAL_TAG): Outcome.parse(r.data.tags.get(STATUS_TAG)) for r in runs}
             for run in runs:
-                self._run_ids.setdefault(run.data.tags.get("hpsearch.trial_id"), run.info.run_id)
+                self._run_ids.setdefault(run.data.tags.get(TRIAL_TAG), run.info.run_id)
         except Exception as exc:  # resilience boundary: an unknown status keeps the parent open
             _LOG.warning("cannot read trial statuses from MLflow: %s", exc)
         return {**found, **self._outcome}
@@ -399,24 +332,24 @@ class MLflowTracker(Callback):
             if tid is None or tid in known or status in ENDED or tid not in self._run_ids:
                 continue
             ok = self._guarded(self._client.log_batch, self._run_ids[tid], [], [], [
-                RunTag("hpsearch.status", "lost"),
+                RunTag(STATUS_TAG, Outcome.LOST.value),
                 RunTag("hpsearch.note", "started by a driver that was killed before Ray saved the trial; "
                                         "the resumed search proposed a new trial instead")])
             if ok and self._guarded(self._client.set_terminated, self._run_ids[tid], "KILLED"):
-                statuses[tid] = self._outcome[tid] = "lost"
+                statuses[tid] = self._outcome[tid] = Outcome.LOST
 
     def _close_parent(self, status: str | None, statuses: dict | None) -> None:
         counts = collections.Counter((statuses or self._statuses()).values())
         tags = {f"hpsearch.trials_{name}": str(counts[name]) for name in sorted(ENDED)}
         tags["hpsearch.trials_total"] = str(sum(counts.values()))
-        tags["hpsearch.status"] = "interrupted" if status is None else status.lower()
+        tags[STATUS_TAG] = SearchStatus.INTERRUPTED.value if status is None else status.lower()
         self._client.log_batch(self.parent_run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         if status is not None:
             self._client.set_terminated(self.parent_run_id, status)
 
     def _guarded(self, fn: Callable, *args: Any) -> bool:
         try:
-            with _scoped_env(self._http_env):
+            with scoped_env(self._http_env):
                 fn(*args)
             return True
         except Exception as exc:  # resilience boundary: never raise into Ray's loop
@@ -440,15 +373,3 @@ def _error_text(trial, limit: int = 500) -> str:
     if len(body) > room:  # keep whole lines from the end
         body = body[-room:].split("\n", 1)[-1] if room > 0 else ""
     return f"{lines[last]}\n{body}".strip()[:limit]
-
-
-@contextlib.contextmanager
-def _scoped_env(values: Mapping[str, str]):
-    """MLflow reads HTTP retry settings from the environment per request: set unset ones for a block."""
-    added = [key for key in values if key not in os.environ]
-    os.environ.update({key: values[key] for key in added})
-    try:
-        yield
-    finally:
-        for key in added:
-            os.environ.pop(key, None)

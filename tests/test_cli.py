@@ -182,7 +182,10 @@ def test_data_check_and_train_agree_on_declaration_defects(lv_small, tmp_path):
     _single_case(root)
     checked = run("data", "check", root)
     assert checked.returncode == 2 and "Traceback" not in checked.stderr
-    defect = f"{root / 'dataset.json'}: the dataset has 1 usable case; a train/validation split by case needs at least 2"
+    defect = (
+        f"{root / 'dataset.json'}: the dataset has 1 usable case; "
+        "a train/validation split by case needs at least 2"
+    )
     assert errors(checked)[0].startswith(f"hpsearch: defect: {defect}"), errors(checked)
     (tmp_path / "job.yaml").write_text(JOB.replace("path: data/tiny-lv, synthetic: lv", f"path: {root}"))
     trained = run("train", "job.yaml", cwd=tmp_path)

@@ -255,7 +255,8 @@ def test_never_writes_into_the_dataset_folder_it_was_trained_on(lv_small, lv_mod
             with pytest.raises(HpsearchError) as info:
                 predict_path(model, scan, out)
             assert str(info.value) == (
-                f"output {out}: inside the dataset folder {lv_small}; hpsearch never writes there, choose another folder"
+                f"output {out}: inside the dataset folder {lv_small}; "
+                "hpsearch never writes there, choose another folder"
             )
     assert snapshot(lv_small) == before
     assert recorded == str(lv_small)

@@ -226,3 +226,13 @@ def test_all_defects_are_reported_in_one_pass(tmp_path):
     _nan_intensity(root)
     report = check_dataset(root)
     assert len(report.defects) == 2
+
+
+@pytest.mark.parametrize("target", ["loop", "gone"])
+def test_a_broken_symlink_as_synthetic_dataset_path_is_named_not_generated_into(tmp_path, target):
+    path = tmp_path / "loop"
+    path.symlink_to(tmp_path / target)
+    config = DatasetConfig(path=path, synthetic="lv", synthetic_cases=2, cache_dir=tmp_path / "cache")
+    with pytest.raises(HpsearchError, match=f"^{path}: is a symlink (loop|to {tmp_path / 'gone'})"):
+        load_dataset(config)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["loop"]

@@ -219,3 +219,16 @@ def test_data_check_on_a_file(lv_small):
         f"hpsearch: error: {lv_small / 'dataset.json'}: is a file, not a folder; "
         "the dataset path must name the folder holding dataset.json"
     ]
+
+
+def test_train_out_inside_the_dataset_is_refused_before_training(lv_small, tmp_path):
+    root = shutil.copytree(lv_small, tmp_path / "ds")
+    (tmp_path / "job.yaml").write_text(JOB.replace("path: data/tiny-lv, synthetic: lv", f"path: {root}"))
+    before = snapshot(root)
+    result = run("train", "job.yaml", "--out", root / "state", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert errors(result) == [
+        f"hpsearch: error: --out {root / 'state'}: inside the dataset folder {root}; "
+        "hpsearch never writes there, choose another folder"
+    ]
+    assert snapshot(root) == before and "data:" not in result.stdout

@@ -126,6 +126,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     quiet_tensorflow()
     from hpsearch.data import load_dataset
+    from hpsearch.data.guard import refuse_inside
     from hpsearch.runtime import configure_tensorflow
     from hpsearch.spec import load_job
 
@@ -135,8 +136,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise HpsearchError(f"--threads {args.threads}: must be at least 1")
         runtime = runtime.model_copy(update={"intra_op_threads": args.threads})
-    if args.out is not None and args.out.exists() and any(args.out.iterdir()):
-        raise HpsearchError(f"--out {args.out}: folder exists and is not empty; choose a new one")
+    if args.out is not None:
+        refuse_inside(args.out, job.dataset.path, "--out")
+        if args.out.exists() and any(args.out.iterdir()):
+            raise HpsearchError(f"--out {args.out}: folder exists and is not empty; choose a new one")
 
     started = time.perf_counter()
     data, from_cache = load_dataset(job.dataset)

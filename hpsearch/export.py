@@ -9,8 +9,9 @@ everything prediction needs and nothing it must not trust:
 * ``hpsearch-model.json``: the model family and hyperparameters, the exact
   preprocessing (slice axis, in-plane size, resize and normalisation modes), the
   channel names, class names and *original* label values (BraTS 0, 1, 2, 4), the
-  validation Dice, and provenance (dataset digest, time, hpsearch version, and any
-  ``extra`` such as MLflow run ids).
+  validation Dice, and provenance (dataset folder and digest, time, hpsearch version,
+  and any ``extra`` such as MLflow run ids). Prediction refuses to write into the
+  dataset folder named there.
 
 Example:
     >>> from hpsearch.export import export_model
@@ -106,6 +107,7 @@ def export_model(
         "best_epoch": state.get("best_epoch"),
         "epochs_trained": state.get("epoch"),
         "dataset_digest": trained_on or described,
+        "dataset": data_info.get("dataset"),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "hpsearch_version": _version(),
     }

@@ -24,6 +24,7 @@ import nibabel as nib
 import numpy as np
 
 from hpsearch.data.config import PreprocessConfig
+from hpsearch.data.guard import is_inside, refuse_inside
 from hpsearch.data.layouts import NIFTI_ENDINGS
 from hpsearch.data.preprocess import fit_in_plane, preprocess_volume
 from hpsearch.data.volumes import AFFINE_TOLERANCE_MM
@@ -73,6 +74,17 @@ class ExportedModel:
     @property
     def channel_names(self) -> list[str]:
         return list(self.meta["channel_names"])
+
+    @property
+    def dataset_folder(self) -> Path | None:
+        """The folder the model was trained on, when the export recorded it as an absolute path.
+
+        ``dataset`` is written by exports since it was added; older ones (and any
+        search export) also carry it as the fingerprint's ``root``. A relative path
+        names a folder only from the working directory of training, so it is ignored.
+        """
+        recorded = self.meta.get("dataset") or (self.meta.get("fingerprint") or {}).get("root")
+        return Path(recorded) if isinstance(recorded, str) and Path(recorded).is_absolute() else None
 
     def predict_volume(self, image: np.ndarray, batch_size: int = 16) -> np.ndarray:
         """Segment one scan: ``(X, Y, Z)`` or ``(X, Y, Z, C)`` in, ``(X, Y, Z)`` labels out.
@@ -129,7 +141,8 @@ def predict_path(model_dir: Path, input_path: Path, output_path: Path) -> list[P
     A folder's ``.nii``/``.nii.gz`` files are cases; for a multi-channel model,
     nnU-Net's ``CASE_0000.nii.gz, CASE_0001.nii.gz, ...`` form one case ``CASE``.
     ``output_path`` is a file for a file, a folder (of ``CASE.nii.gz``) for a folder.
-    Existing files are never overwritten, nothing is written into the input folder,
+    Existing files are never overwritten, nothing is written into the input folder
+    or into the dataset folder the model was trained on (when the export names it),
     and every input header is checked before the first prediction.
 
     Returns:
@@ -153,6 +166,8 @@ def predict_path(model_dir: Path, input_path: Path, output_path: Path) -> list[P
         jobs = [((input_path,), output_path)]
     else:
         raise HpsearchError(f"{input_path}: no such file or folder")
+    if exported.dataset_folder is not None:
+        refuse_inside(output_path, exported.dataset_folder, "output")
     for _, out in jobs:
         if out.exists() or out.is_symlink():
             raise HpsearchError(f"{out}: already exists; choose another output (nothing is overwritten)")
@@ -174,8 +189,7 @@ def _nifti_stem(path: Path) -> str | None:
 
 
 def _folder_jobs(folder: Path, out_dir: Path, channels: int) -> list[tuple[tuple[Path, ...], Path]]:
-    inside, target = folder.resolve(), out_dir.resolve()
-    if target == inside or inside in target.parents:
+    if is_inside(out_dir, folder):
         raise HpsearchError(f"{out_dir}: is inside the input folder {folder}; choose an output folder elsewhere")
     if out_dir.exists() and not out_dir.is_dir():
         raise HpsearchError(f"{out_dir}: exists and is not a folder; a folder's predictions go to a folder")

@@ -80,7 +80,8 @@ def tissue_case(rng: np.random.Generator, shape=(197, 233, 5)) -> tuple[np.ndarr
 
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:
     """Every file below root with its size and mtime: proof that nothing was written."""
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
+    # lstat: a symlink is recorded as itself (a loop or a link out must not break the snapshot).
+    return {str(p.relative_to(root)): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in sorted(root.rglob("*"))}
 
 
 def predict(model, x):

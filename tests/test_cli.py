@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -168,3 +169,66 @@ def test_ui_serves_the_job_store_on_loopback(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def _single_case(root):
+    manifest = json.loads((root / "dataset.json").read_text())
+    manifest["training"] = manifest["training"][:1]
+    (root / "dataset.json").write_text(json.dumps(manifest))
+
+
+def test_data_check_and_train_agree_on_declaration_defects(lv_small, tmp_path):
+    root = shutil.copytree(lv_small, tmp_path / "one-case")
+    _single_case(root)
+    checked = run("data", "check", root)
+    assert checked.returncode == 2 and "Traceback" not in checked.stderr
+    defect = (
+        f"{root / 'dataset.json'}: the dataset has 1 usable case; "
+        "a train/validation split by case needs at least 2"
+    )
+    assert errors(checked)[0].startswith(f"hpsearch: defect: {defect}"), errors(checked)
+    (tmp_path / "job.yaml").write_text(JOB.replace("path: data/tiny-lv, synthetic: lv", f"path: {root}"))
+    trained = run("train", "job.yaml", cwd=tmp_path)
+    assert trained.returncode == 2 and "Traceback" not in trained.stderr
+    assert errors(trained) == [errors(checked)[0].replace("hpsearch: defect:", "hpsearch: error:")]
+
+
+@pytest.mark.parametrize(
+    "break_it, needle",
+    [
+        (lambda root: (root / "dataset.json").write_text(
+            (root / "dataset.json").read_text().replace('"./imagesTr/lv_000.nii.gz"', "5")),
+         "dataset.json: training[0].image: must be a file path relative to the dataset folder"),
+        (lambda root: (root / "dataset.json").write_text(
+            (root / "dataset.json").read_text().replace("./imagesTr/lv_001.nii.gz", "../../lv_001.nii.gz")),
+         "dataset.json: training[1].image: '../../lv_001.nii.gz' resolves to"),
+    ],
+)
+def test_bad_dataset_entries_are_one_line(lv_small, tmp_path, break_it, needle):
+    root = shutil.copytree(lv_small, tmp_path / "ds")
+    break_it(root)
+    result = run("data", "check", root)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert needle in errors(result)[0], errors(result)
+
+
+def test_data_check_on_a_file(lv_small):
+    result = run("data", "check", lv_small / "dataset.json")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert errors(result) == [
+        f"hpsearch: error: {lv_small / 'dataset.json'}: is a file, not a folder; "
+        "the dataset path must name the folder holding dataset.json"
+    ]
+
+
+def test_train_out_inside_the_dataset_is_refused_before_training(lv_small, tmp_path):
+    root = shutil.copytree(lv_small, tmp_path / "ds")
+    (tmp_path / "job.yaml").write_text(JOB.replace("path: data/tiny-lv, synthetic: lv", f"path: {root}"))
+    before = snapshot(root)
+    result = run("train", "job.yaml", "--out", root / "state", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert errors(result) == [
+        f"hpsearch: error: --out {root / 'state'}: inside the dataset folder {root}; "
+        "hpsearch never writes there, choose another folder"
+    ]
+    assert snapshot(root) == before and "data:" not in result.stdout

@@ -230,3 +230,34 @@ def test_model_folder_errors(lv_models, tmp_path):
     (copy / "hpsearch-model.json").write_text(json.dumps({**meta, "format_version": 99}))
     with pytest.raises(HpsearchError, match="export format 99"):
         ExportedModel.load(copy)
+
+
+def test_never_writes_into_the_dataset_folder_it_was_trained_on(lv_small, lv_models, tmp_path):
+    source = lv_small / "imagesTr" / "lv_000.nii.gz"
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    shutil.copy(source, scans)
+    (tmp_path / "link").symlink_to(lv_small)
+    # Exports written before "dataset" was recorded still name it as the fingerprint's root.
+    older = shutil.copytree(lv_models["default"], tmp_path / "older-model")
+    meta = json.loads((older / "hpsearch-model.json").read_text())
+    recorded = meta.pop("dataset", None)
+    (older / "hpsearch-model.json").write_text(json.dumps({**meta, "fingerprint": {"root": str(lv_small)}}))
+    before = snapshot(lv_small)
+    for model in (older, lv_models["default"]):
+        for scan, out in [
+            (source, lv_small / "lv_000-seg.nii.gz"),
+            (source, lv_small / "predictions" / "lv_000.nii.gz"),
+            (source, tmp_path / "link" / "lv_000-seg.nii.gz"),  # the dataset through a symlink
+            (scans, lv_small / "predictions"),
+            (scans, tmp_path / "link" / "predictions"),
+        ]:
+            with pytest.raises(HpsearchError) as info:
+                predict_path(model, scan, out)
+            assert str(info.value) == (
+                f"output {out}: inside the dataset folder {lv_small}; "
+                "hpsearch never writes there, choose another folder"
+            )
+    assert snapshot(lv_small) == before
+    assert recorded == str(lv_small)
+    assert predict_path(older, source, tmp_path / "seg.nii.gz") == [tmp_path / "seg.nii.gz"]

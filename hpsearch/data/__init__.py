@@ -58,13 +58,13 @@ __all__ = [
 def load_dataset(config: DatasetConfig) -> tuple[PreparedData, bool]:
     """Preprocessed slices for a job's dataset section.
 
-    A synthetic dataset is generated at ``config.path`` when that folder does not
-    exist yet; an existing folder is never written to.
+    A synthetic dataset is generated at ``config.path`` when nothing is there yet; an
+    existing folder is never written to, and a broken symlink is reported, not replaced.
 
     Returns:
         The data and whether it came from the cache.
     """
-    if config.synthetic and not config.path.exists():
+    if config.synthetic and not config.path.exists() and not config.path.is_symlink():
         synthesize(config.synthetic, config.path, config.synthetic_cases, config.synthetic_seed)
     index = read_index(config.path)
     return prepare_cached(index, config.preprocess(), config.cache_dir)

@@ -10,6 +10,13 @@ temporary folder, then renames it into place (atomic on one filesystem). Others 
 on the lock and then read the finished entry; readers without the lock only ever see
 complete entries. Arrays are ``.npy`` files opened memory-mapped, so several trials on
 one node share the page cache instead of each holding a copy.
+
+Integrity: a cache outlives crashes, full disks and careless hands, and a damaged
+array would be trained on silently (same size) or end in a numpy traceback
+(truncated). So each entry records the size and SHA-256 of every file it holds when
+it is written, and every open checks them before memory-mapping; an entry that fails
+is set aside and rebuilt, with one warning line. Hashing reads each file once through
+the page cache the memory maps then share (a few milliseconds for the demo's arrays).
 """
 
 from __future__ import annotations
@@ -17,7 +24,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -25,12 +34,17 @@ import numpy as np
 from filelock import FileLock
 
 from hpsearch.data.config import PreprocessConfig
+from hpsearch.data.guard import refuse_inside
 from hpsearch.data.layouts import DatasetIndex
 from hpsearch.data.preprocess import PreparedData, prepare
-from hpsearch.errors import HpsearchError
+from hpsearch.data.volumes import refuse_defects
 
-# Bump when preprocessing code changes what it produces for the same settings.
-PREPROCESS_VERSION = 2
+# Bump when preprocessing code changes what it produces for the same settings, or
+# what an entry holds (3: checksums.json).
+PREPROCESS_VERSION = 3
+
+CHECKSUMS_FILE = "checksums.json"
+INFO_FILE = "info.json"
 
 
 def default_cache_dir() -> Path:
@@ -120,19 +134,57 @@ def cache_key(digest: str, config: PreprocessConfig) -> str:
     return key[:24]
 
 
+def _entry_files() -> list[str]:
+    return [*(f"{name}.npy" for name in PreparedData.ARRAYS), INFO_FILE]
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
 def save_prepared(data: PreparedData, directory: Path) -> None:
-    """Write arrays and info into a new folder (the caller renames it into place)."""
+    """Write arrays, info and their checksums into a new folder (the caller renames it into place)."""
     directory.mkdir(parents=True)
     for name in PreparedData.ARRAYS:
         np.save(directory / f"{name}.npy", getattr(data, name))
-    (directory / "info.json").write_text(json.dumps(data.info, indent=2))
+    (directory / INFO_FILE).write_text(json.dumps(data.info, indent=2))
+    sums = {
+        name: {"bytes": (directory / name).stat().st_size, "sha256": _sha256(directory / name)}
+        for name in _entry_files()
+    }
+    (directory / CHECKSUMS_FILE).write_text(json.dumps(sums, indent=2))
+
+
+def entry_problem(directory: Path) -> str | None:
+    """Why a cache entry must not be used (a file missing, truncated or changed), or None."""
+    try:
+        sums = json.loads((directory / CHECKSUMS_FILE).read_text())
+    except (OSError, ValueError):
+        return f"{CHECKSUMS_FILE} is missing or unreadable"
+    for name in _entry_files():
+        want, path = sums.get(name) if isinstance(sums, dict) else None, directory / name
+        if not isinstance(want, dict):
+            return f"{CHECKSUMS_FILE} has no checksum of {name}"
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return f"{name} is missing"
+        if size != want.get("bytes"):
+            return f"{name} has {size} bytes, {want.get('bytes')} were written (truncated or overwritten)"
+        if _sha256(path) != want.get("sha256"):
+            return f"{name} differs from the checksum recorded when it was written (damaged on disk)"
+    return None
 
 
 def load_prepared(directory: Path, *, mmap: bool = True) -> PreparedData:
-    """Open a cache entry; arrays are memory-mapped read-only unless ``mmap=False``."""
+    """Open a cache entry; arrays are memory-mapped read-only unless ``mmap=False``.
+
+    Trusts the files: :func:`prepare_cached` checks them with :func:`entry_problem` first.
+    """
     mode = "r" if mmap else None
     arrays = {name: np.load(directory / f"{name}.npy", mmap_mode=mode) for name in PreparedData.ARRAYS}
-    return PreparedData(**arrays, info=json.loads((directory / "info.json").read_text()))
+    return PreparedData(**arrays, info=json.loads((directory / INFO_FILE).read_text()))
 
 
 def prepare_cached(
@@ -140,15 +192,18 @@ def prepare_cached(
 ) -> tuple[PreparedData, bool]:
     """Preprocessed data from the cache, computing and storing it on a miss.
 
+    A damaged entry (see :func:`entry_problem`) is rebuilt, with one warning line on stderr.
+
     Returns:
         The data and whether it came from the cache.
+
+    Raises:
+        HpsearchError: A defect of the dataset's declaration (before anything is read or
+            hashed), a cache folder inside the dataset folder, or an unreadable case.
     """
+    refuse_defects(index, index.defects)
     cache_dir = Path(cache_dir or default_cache_dir())
-    if cache_dir.resolve().is_relative_to(index.root.resolve()):
-        raise HpsearchError(
-            f"cache_dir {cache_dir} is inside the dataset folder {index.root}; hpsearch never "
-            "writes there, choose another dataset.cache_dir"
-        )
+    refuse_inside(cache_dir, index.root, "dataset.cache_dir")
     cache_dir.mkdir(parents=True, exist_ok=True)
     memo_path = cache_dir / "file-digests.json"
     memo = _read_memo(memo_path)
@@ -158,15 +213,28 @@ def prepare_cached(
         _write_memo(memo_path, memo)
     # Named by content alone: the same data in another folder shares the entry.
     entry = cache_dir / f"prepared-{cache_key(digest, config)}"
-    hit = entry.is_dir()
+    hit = entry.is_dir() and entry_problem(entry) is None
     if not hit:
         with FileLock(str(entry) + ".lock"):
-            hit = entry.is_dir()  # another process may have finished it while we waited
+            # Another process may have built (or rebuilt) it while we waited.
+            problem = entry_problem(entry) if entry.is_dir() else None
+            hit = entry.is_dir() and problem is None
+            if problem:
+                print(f"warning: cache entry {entry}: {problem}; rebuilding it", file=sys.stderr, flush=True)
+                _discard(entry)
             if not hit:
                 _build(index, config, digest, entry)
     data = load_prepared(entry)
     data.info["dataset"] = str(index.root)
     return data, hit
+
+
+def _discard(entry: Path) -> None:
+    # Renamed away first: processes still reading it keep their open files (POSIX), and
+    # no one sees a half-deleted entry.
+    aside = entry.with_name(f".{entry.name}.damaged-{secrets.token_hex(4)}")
+    os.rename(entry, aside)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _build(index: DatasetIndex, config: PreprocessConfig, digest: str, entry: Path) -> None:

@@ -107,9 +107,7 @@ def check_dataset(root: str | Path) -> CheckReport:
             can be checked then).
     """
     index = read_index(root)
-    defects: list[Defect] = []
-    if not index.cases:
-        defects.append(Defect(index.manifest, "the dataset lists no training cases"))
+    defects: list[Defect] = list(index.defects)  # the declaration's own: outside files, twice-listed cases, ...
     builder = FingerprintBuilder(index)
     for case in index.cases:
         volumes = read_case(index, case)

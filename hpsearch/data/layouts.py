@@ -13,7 +13,10 @@ how channels and labels are declared:
 :func:`read_index` turns either into a :class:`DatasetIndex`: the list of cases with
 their files, the channel names and the label declaration. It reads only
 ``dataset.json`` and directory listings; the volumes are read by
-:mod:`hpsearch.data.volumes`.
+:mod:`hpsearch.data.volumes`. What is wrong with the declaration itself but leaves
+the rest checkable (a file outside the dataset folder, a case listed twice, too few
+cases to split) is kept as :attr:`DatasetIndex.defects`, so ``data check`` can list it
+with the defects of the volumes and training can refuse it before reading anything.
 
 Example:
     >>> index = read_index("data/demo-lv")          # doctest: +SKIP
@@ -29,9 +32,24 @@ import re
 from pathlib import Path
 from typing import Any
 
+from hpsearch.data.guard import MISSING, is_inside, not_a, real_path
 from hpsearch.errors import HpsearchError
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
+
+# A train/validation split by case needs one case on each side.
+MIN_CASES = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Defect:
+    """One problem with one file; ``str()`` is the line the user sees."""
+
+    path: Path
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.problem}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +78,10 @@ class DatasetIndex:
         label_values: Declared label values in ascending order; class index ``i``
             of a model output stands for ``label_values[i]`` (BraTS: 0, 1, 2, 4).
         class_names: The name of each class, aligned with ``label_values``.
-        cases: The training cases.
+        cases: The training cases that can be read (each case id once, every file
+            inside ``root``).
+        defects: Problems of the declaration: files outside ``root``, cases listed
+            twice, fewer than :data:`MIN_CASES` cases. Training refuses a dataset with any.
     """
 
     root: Path
@@ -69,6 +90,7 @@ class DatasetIndex:
     label_values: tuple[int, ...]
     class_names: tuple[str, ...]
     cases: tuple[CaseFiles, ...]
+    defects: tuple[Defect, ...] = ()
 
     @property
     def manifest(self) -> Path:
@@ -87,11 +109,15 @@ def read_index(root: str | Path) -> DatasetIndex:
     """
     root = Path(root)
     manifest = root / "dataset.json"
-    if not root.is_dir():
+    problem = not_a(root, "folder")
+    if problem == MISSING:
         raise HpsearchError(f"{root}: dataset folder not found; check dataset.path in the job file")
-    if not manifest.is_file():
+    if problem:
+        raise HpsearchError(f"{root}: {problem}; the dataset path must name the folder holding dataset.json")
+    problem = not_a(manifest, "file")
+    if problem:
         raise HpsearchError(
-            f"{manifest}: missing; a dataset needs a dataset.json in MSD or nnU-Net v2 layout"
+            f"{manifest}: {problem}; a dataset needs a dataset.json in MSD or nnU-Net v2 layout"
         )
     try:
         declared = json.loads(manifest.read_text())
@@ -114,15 +140,36 @@ def _read_msd(root: Path, manifest: Path, declared: dict[str, Any]) -> DatasetIn
     labels = _require(manifest, declared, "labels", dict)
     values_to_names = {_int_key(manifest, "labels", k): str(v) for k, v in labels.items()}
     training = _require(manifest, declared, "training", list)
-    cases = []
+    cases: list[CaseFiles] = []
+    defects: list[Defect] = []
+    first_entry: dict[str, int] = {}
     for position, entry in enumerate(training):
         if not isinstance(entry, dict) or not {"image", "label"} <= entry.keys():
             raise HpsearchError(
                 f"{manifest}: training[{position}] must be an object with 'image' and 'label'"
             )
-        image = _resolve(root, entry["image"])
-        cases.append(CaseFiles(_case_id(image), (image,), _resolve(root, entry["label"])))
-    return _index(root, "msd", manifest, channel_names, values_to_names, cases)
+        where = {key: f"training[{position}].{key}" for key in ("image", "label")}
+        paths = {key: _entry_path(root, manifest, where[key], entry[key]) for key in where}
+        # An entry with a defect is left out of the cases: it is never read nor trained on.
+        problems = [
+            Defect(manifest, _outside(root, f"{where[key]}: {entry[key]!r}", path))
+            for key, path in paths.items()
+            if not is_inside(path, root)
+        ]
+        case_id = _case_id(paths["image"])
+        if not problems and case_id in first_entry:
+            problems.append(
+                Defect(
+                    manifest,
+                    f"training[{position}]: case {case_id} is listed twice (also training[{first_entry[case_id]}]); "
+                    "remove one of the entries",
+                )
+            )
+        defects.extend(problems)
+        if not problems:
+            first_entry[case_id] = position
+            cases.append(CaseFiles(case_id, (paths["image"],), paths["label"]))
+    return _index(root, "msd", manifest, channel_names, values_to_names, cases, defects)
 
 
 def _read_nnunet(root: Path, manifest: Path, declared: dict[str, Any]) -> DatasetIndex:
@@ -146,15 +193,20 @@ def _read_nnunet(root: Path, manifest: Path, declared: dict[str, Any]) -> Datase
         match = channel_file.match(path.name)
         if match:
             by_case.setdefault(match["case"], {})[int(match["channel"])] = path
-    cases = []
+    cases, defects = [], []
     for case_id, channel_files in sorted(by_case.items()):
         # A missing channel file keeps its expected name so `data check` can report it.
         images = tuple(
             channel_files.get(c, images_dir / f"{case_id}_{c:04d}{ending}")
             for c in range(len(channel_names))
         )
-        cases.append(CaseFiles(case_id, images, labels_dir / f"{case_id}{ending}"))
-    return _index(root, "nnunetv2", manifest, channel_names, values_to_names, cases)
+        case = CaseFiles(case_id, images, labels_dir / f"{case_id}{ending}")
+        # Files come from listing the folder, so only a symlink (to a file or a folder) leads out.
+        outside = [Defect(p, _outside(root, "", p)) for p in (*case.images, case.label) if not is_inside(p, root)]
+        defects.extend(outside)
+        if not outside:
+            cases.append(case)
+    return _index(root, "nnunetv2", manifest, channel_names, values_to_names, cases, defects)
 
 
 def _index(
@@ -164,6 +216,7 @@ def _index(
     channel_names: tuple[str, ...],
     values_to_names: dict[int, str],
     cases: list[CaseFiles],
+    defects: list[Defect],
 ) -> DatasetIndex:
     if 0 not in values_to_names:
         raise HpsearchError(f"{manifest}: labels must declare the background value 0")
@@ -177,7 +230,24 @@ def _index(
         label_values=values,
         class_names=tuple(values_to_names[v] for v in values),
         cases=tuple(cases),
+        defects=(*defects, *_too_few(manifest, len(cases), bool(defects))),
     )
+
+
+def _too_few(manifest: Path, count: int, other_defects: bool) -> list[Defect]:
+    if count == 0 and other_defects:
+        return []  # every declared case is already named by a defect of its own
+    if count == 0:
+        return [Defect(manifest, "the dataset lists no training cases")]
+    if count < MIN_CASES:
+        return [
+            Defect(
+                manifest,
+                f"the dataset has {count} usable case; a train/validation split by case needs at least "
+                f"{MIN_CASES}, add cases",
+            )
+        ]
+    return []
 
 
 def _require(manifest: Path, declared: dict[str, Any], key: str, kind: type) -> Any:
@@ -207,9 +277,23 @@ def _int_key(manifest: Path, where: str, raw: Any) -> int:
     return value
 
 
-def _resolve(root: Path, relative: str) -> Path:
+def _entry_path(root: Path, manifest: Path, where: str, value: Any) -> Path:
+    if not isinstance(value, str) or not value.strip():
+        raise HpsearchError(
+            f"{manifest}: {where}: must be a file path relative to the dataset folder "
+            f"(like \"./imagesTr/case.nii.gz\"), got {value!r}"
+        )
     # MSD writes "./imagesTr/x.nii.gz"; pathlib drops the "./" and keeps absolute paths.
-    return root / relative
+    return root / value
+
+
+def _outside(root: Path, entry: str, path: Path) -> str:
+    """The problem of a file that leads out of the dataset folder (``entry``: its manifest entry, if any)."""
+    prefix = f"{entry} " if entry else ""
+    return (
+        f"{prefix}resolves to {real_path(path)}, outside the dataset folder {root}; hpsearch reads only "
+        "files inside it: copy the file in (not a symlink) and list it relative to the folder"
+    )
 
 
 def _case_id(path: Path) -> str:

@@ -18,8 +18,8 @@ from scipy import ndimage
 
 from hpsearch.data.check import FingerprintBuilder
 from hpsearch.data.config import PreprocessConfig
-from hpsearch.data.layouts import DatasetIndex
-from hpsearch.data.volumes import load_case
+from hpsearch.data.layouts import MIN_CASES, DatasetIndex
+from hpsearch.data.volumes import load_case, refuse_defects
 from hpsearch.errors import HpsearchError
 
 
@@ -122,9 +122,9 @@ def split_cases(case_ids: list[str], val_fraction: float, seed: int) -> tuple[li
     Raises:
         HpsearchError: Fewer than two cases.
     """
-    if len(case_ids) < 2:
+    if len(case_ids) < MIN_CASES:
         raise HpsearchError(
-            f"the dataset has {len(case_ids)} case(s); a train/validation split by case needs at least 2"
+            f"the dataset has {len(case_ids)} case(s); a train/validation split by case needs at least {MIN_CASES}"
         )
     order = np.random.default_rng(seed).permutation(len(case_ids))
     n_val = min(max(1, round(val_fraction * len(case_ids))), len(case_ids) - 1)
@@ -149,10 +149,10 @@ def prepare(index: DatasetIndex, config: PreprocessConfig, *, digest: str = "") 
     """Load, check and preprocess every case of a dataset into slices.
 
     Raises:
-        HpsearchError: A case is unreadable or inconsistent, or the split fails.
+        HpsearchError: A case is unreadable or inconsistent, or a defect of the
+            declaration (:attr:`DatasetIndex.defects`: too few cases, ...).
     """
-    if not index.cases:
-        raise HpsearchError(f"{index.manifest}: the dataset lists no training cases")
+    refuse_defects(index, index.defects)
     by_id = {case.case_id: case for case in index.cases}
     train_ids, val_ids = split_cases(list(by_id), config.val_fraction, config.split_seed)
     rng = np.random.default_rng(config.split_seed)

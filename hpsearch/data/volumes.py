@@ -16,7 +16,8 @@ from typing import NamedTuple
 import nibabel as nib
 import numpy as np
 
-from hpsearch.data.layouts import CaseFiles, DatasetIndex
+from hpsearch.data.guard import MISSING, not_a
+from hpsearch.data.layouts import CaseFiles, DatasetIndex, Defect
 from hpsearch.errors import HpsearchError
 
 # Image and label grids must agree to well below a voxel; scanners write affines as
@@ -28,17 +29,6 @@ class _Volume(NamedTuple):
     data: np.ndarray
     affine: np.ndarray
     spacing: tuple[float, float, float]
-
-
-@dataclasses.dataclass(frozen=True)
-class Defect:
-    """One problem with one file; ``str()`` is the line the user sees."""
-
-    path: Path
-    problem: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.problem}"
 
 
 @dataclasses.dataclass
@@ -107,16 +97,22 @@ def read_case(index: DatasetIndex, case: CaseFiles) -> CaseVolumes:
 def load_case(index: DatasetIndex, case: CaseFiles) -> CaseVolumes:
     """Like :func:`read_case`, but raise the first defect as an :class:`HpsearchError`."""
     volumes = read_case(index, case)
-    if volumes.defects:
-        more = len(volumes.defects) - 1
-        suffix = f" (and {more} more; run `hpsearch data check {index.root}`)" if more else ""
-        raise HpsearchError(f"{volumes.defects[0]}{suffix}")
+    refuse_defects(index, volumes.defects)
     return volumes
 
 
+def refuse_defects(index: DatasetIndex, defects: list[Defect] | tuple[Defect, ...]) -> None:
+    """Raise the first defect as one line (pointing at ``data check`` for the others), if any."""
+    if defects:
+        more = len(defects) - 1
+        suffix = f" (and {more} more; run `hpsearch data check {index.root}`)" if more else ""
+        raise HpsearchError(f"{defects[0]}{suffix}")
+
+
 def _read_volume(path: Path, defects: list[Defect]) -> _Volume | None:
-    if not path.is_file():
-        defects.append(Defect(path, "file is missing"))
+    problem = not_a(path, "file")
+    if problem:
+        defects.append(Defect(path, "file is missing" if problem == MISSING else problem))
         return None
     try:
         image = nib.load(path)

@@ -77,3 +77,52 @@ def test_file_digests_are_memoised_by_size_and_mtime(lv_small, tmp_path):
     assert dataset_digest(index, {}) == first
     prepare_cached(index, CONFIG, tmp_path)
     assert (tmp_path / "file-digests.json").is_file()
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _flip_bytes(path):
+    """Same size, same header: only bytes of the array data change (what bit rot does)."""
+    raw = bytearray(path.read_bytes())
+    for i in range(len(raw) - 64, len(raw) - 32):
+        raw[i] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+def _garble(path):
+    path.write_bytes(b"#" * path.stat().st_size)
+
+
+@pytest.mark.parametrize(
+    "file, damage, problem",
+    [
+        ("train_x.npy", _truncate, "train_x.npy has"),  # numpy: "mmap length is greater than file size"
+        ("val_case.npy", _truncate, "val_case.npy has"),
+        ("train_x.npy", _flip_bytes, "train_x.npy differs from the checksum"),  # silently used before
+        ("val_y.npy", _flip_bytes, "val_y.npy differs from the checksum"),
+        ("info.json", _garble, "info.json differs from the checksum"),
+        ("checksums.json", lambda path: path.unlink(), "checksums.json is missing"),
+        ("val_x.npy", lambda path: path.unlink(), "val_x.npy is missing"),
+    ],
+)
+def test_damaged_entry_is_rebuilt_with_one_warning(lv_small, tmp_path, capsys, file, damage, problem):
+    index = read_index(lv_small)
+    first, _ = prepare_cached(index, CONFIG, tmp_path)
+    expected = {name: np.array(getattr(first, name)) for name in first.ARRAYS}  # copies, not maps of the file
+    del first
+    [entry] = [p for p in tmp_path.glob("prepared-*") if p.is_dir()]
+    damage(entry / file)
+    capsys.readouterr()
+    data, hit = prepare_cached(index, CONFIG, tmp_path)
+    assert not hit
+    warning = capsys.readouterr().err.strip()
+    assert warning.startswith(f"warning: cache entry {entry}: {problem}") and "rebuilding it" in warning, warning
+    assert "\n" not in warning
+    for name, array in expected.items():
+        np.testing.assert_array_equal(getattr(data, name), array)
+    assert isinstance(data.train_x, np.memmap)
+    again, hit = prepare_cached(index, CONFIG, tmp_path)
+    assert hit and capsys.readouterr().err == ""
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # the damaged entry is gone

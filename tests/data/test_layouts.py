@@ -62,6 +62,10 @@ def test_odd_size_float_three_tissues(tmp_path):
         ('{"modality": {"1": "MRI"}, "labels": {"0": "bg", "1": "LV"}, "training": []}', "without gaps"),
         ('{"modality": {"0": "MRI"}, "labels": {"0": "bg", "1": "LV"}, "training": [{"image": "a"}]}',
          "training[0]"),
+        ('{"modality": {"0": "MRI"}, "labels": {"0": "bg", "1": "LV"}, "training": [{"image": 5, "label": "a"}]}',
+         "training[0].image: must be a file path relative to the dataset folder"),
+        ('{"modality": {"0": "MRI"}, "labels": {"0": "bg", "1": "LV"}, "training": [{"image": "a", "label": null}]}',
+         "training[0].label: must be a file path"),
         ('{"channel_names": {"0": "CT"}, "labels": {"background": 0, "r": [1, 2]}, "file_ending": ".nii.gz"}',
          "region"),
     ],
@@ -80,6 +84,28 @@ def test_missing_folder_and_manifest(tmp_path):
         read_index(tmp_path / "nope")
     with pytest.raises(HpsearchError, match="dataset.json: missing"):
         read_index(tmp_path)
+
+
+def _loop(path):
+    path.symlink_to(path)
+
+
+@pytest.mark.parametrize(
+    "make, where, message",
+    [
+        (lambda p: p.write_text("{}"), "", "is a file, not a folder; the dataset path must name the folder"),
+        (_loop, "", "is a symlink loop"),
+        (lambda p: p.symlink_to(p.parent / "gone"), "", "is a symlink to"),
+        (lambda p: (p.mkdir(), _loop(p / "dataset.json")), "dataset.json", "is a symlink loop"),
+        (lambda p: (p.mkdir(), (p / "dataset.json").mkdir()), "dataset.json", "is a folder, not a file"),
+    ],
+)
+def test_unusable_dataset_paths_say_what_they_are(tmp_path, make, where, message):
+    root = tmp_path / "ds"
+    make(root)
+    with pytest.raises(HpsearchError) as info:
+        read_index(root)
+    assert str(info.value).startswith(f"{root / where if where else root}: {message}"), str(info.value)
 
 
 def test_msd_paths_without_dot_prefix(tmp_path):

@@ -19,6 +19,7 @@ import dataclasses
 import datetime as dt
 import functools
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -83,7 +84,7 @@ class Experiment:
         Raises:
             HpsearchError: Not an experiment folder, or a damaged state file.
         """
-        path = Path(path).expanduser().resolve()
+        path = Path(os.path.realpath(Path(path).expanduser()))  # Path.resolve raises on a loop
         return cls(path, read_state(path))
 
     @staticmethod

@@ -19,7 +19,7 @@ from ray import tune
 
 from hpsearch.data import load_dataset, read_index
 from hpsearch.data.cache import cached_file_digests, digest_of_files
-from hpsearch.data.guard import refuse_inside
+from hpsearch.data.guard import real_path, refuse_inside
 from hpsearch.errors import HpsearchError, SearchInterrupted
 from hpsearch.experiment import Experiment, SearchState, base_name
 from hpsearch.outcome import Outcome, SearchStatus
@@ -43,11 +43,12 @@ def run_search(job_path: Path, overrides=(), *, address: str | None = None, echo
     if job.search_space is None:
         raise HpsearchError(f"{job_path}: search_space: missing; name a YAML file of distributions")
     # Absolute from here on: ray.init() in a Ray job's driver may change the working directory.
-    job_path = Path(job_path).resolve()
-    storage = Path(job.storage.path).expanduser().resolve()
+    # (real_path, not Path.resolve: a symlink loop is then a clear error later, not a RuntimeError)
+    job_path = real_path(job_path)
+    storage = real_path(Path(job.storage.path).expanduser())
     job = job.model_copy(update={
-        "search_space": job.search_space.resolve(),
-        "dataset": job.dataset.model_copy(update={"path": job.dataset.path.resolve()}),
+        "search_space": real_path(job.search_space),
+        "dataset": job.dataset.model_copy(update={"path": real_path(job.dataset.path)}),
         "storage": job.storage.model_copy(update={"path": str(storage)}),
         "tracking": job.tracking.model_copy(update={"uri": resolve_uri(job.tracking.uri)}),
     })

@@ -38,9 +38,9 @@ def resolve_uri(uri: str) -> str:
     """
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + str(Path(uri[len(prefix):]).resolve())
+        return prefix + os.path.abspath(uri[len(prefix):])
     if "://" not in uri:
-        return str(Path(uri).expanduser().resolve())
+        return os.path.abspath(Path(uri).expanduser())
     return uri
 
 

@@ -71,7 +71,7 @@ def test_curves_are_coloured_by_the_outcome_mlflow_recorded(searches):
     failed = [t for t in failing.trials if t.status == "failed"]
     assert failed and len(failed) < len(failing.trials)
     assert {outcome_style(t, [])[0] for t in failed} == {"failed"}
-    assert all("diverged" in t.error for t in failed)
+    assert all("diverged" in t.error for t in failed), [t.error for t in failed]
 
 
 def test_outcome_style_names_the_asha_rung():

@@ -43,9 +43,9 @@ class SegmentationTrainable(tune.Trainable):
         runtime: dict[str, Any],
         max_epochs: int,
     ) -> None:
-        cpus = self.trial_resources.required_resources.get("CPU", 1) if self.trial_resources else 1
-        self._runtime = RuntimeConfig(**{**runtime, "intra_op_threads": max(1, round(cpus))})
-        configure_tensorflow(self._runtime)
+        resources = self.trial_resources.required_resources if self.trial_resources else {}
+        self._runtime = RuntimeConfig(**{**runtime, "intra_op_threads": max(1, round(resources.get("CPU", 1)))})
+        configure_tensorflow(self._runtime, gpu_fraction=resources.get("GPU", 0))  # a GPU share caps its memory
         self._data, self._model, self._base = data, model, base_params
         self._max_epochs = max_epochs
         self._build(config)

@@ -45,9 +45,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seeds the fault times, kinds and victims")
     parser.add_argument("--faults", type=int, default=4, help="at most this many faults (default 4)")
     parser.add_argument("--trials", type=int, default=4)
-    parser.add_argument("--epochs", type=int, default=6, help="epochs per trial (default 6)")
-    parser.add_argument("--gap", type=float, nargs=2, default=(8.0, 25.0), metavar=("MIN_S", "MAX_S"),
-                        help="seconds between faults, drawn uniformly (default 8 25)")
+    parser.add_argument("--epochs", type=int, default=10, help="epochs per trial (default 10)")
+    parser.add_argument("--gap", type=float, nargs=2, default=(4.0, 15.0), metavar=("MIN_S", "MAX_S"),
+                        help="seconds between faults, drawn uniformly (default 4 15)")
     parser.add_argument("--time-limit", type=float, default=900, help="seconds for the search (default 900)")
     parser.add_argument("--smoke-test", action="store_true", help="check the counting on a SQLite store, seconds")
     args = parser.parse_args()
@@ -75,6 +75,8 @@ def main() -> None:
         faults = inject(cluster, job, env, random.Random(args.seed), args, started)
         status = _job_status(cluster, job)
         wall_s = time.monotonic() - started
+        if status != "SUCCEEDED":
+            print(hpsearch(["logs", job], cluster.client_env(), check=False)[-3000:])
         report = audit(mlflow.MlflowClient(cluster.mlflow_uri), "faults")
     finally:
         if cluster is not None:  # also on Ctrl-C: every process of this cluster, by pid
@@ -124,8 +126,10 @@ def _kill_one(cluster: LocalCluster, rng: random.Random) -> dict | None:
         if not victims:
             return None
         node, pid = rng.choice(victims)
+        # Whether a trial was training there: a raylet lost between trials costs nothing.
+        on_node = [p for p in trial_processes(cluster) if _under(p, pid)]
         os.kill(pid, signal.SIGKILL)
-        return {"kind": "raylet", "pid": pid, "node_id": node[:12]}
+        return {"kind": "raylet", "pid": pid, "node_id": node[:12], "trials_on_node": len(on_node)}
     victims = sorted(trial_processes(cluster), key=lambda p: p.pid)
     if not victims:
         return None
@@ -148,6 +152,13 @@ def trial_processes(cluster: LocalCluster) -> list[psutil.Process]:
         except psutil.Error:
             continue
     return found
+
+
+def _under(proc: psutil.Process, ancestor: int) -> bool:
+    try:
+        return any(parent.pid == ancestor for parent in proc.parents())
+    except psutil.Error:
+        return False
 
 
 def _job_status(cluster: LocalCluster, job: str) -> str:

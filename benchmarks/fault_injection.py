@@ -4,10 +4,10 @@ In the spirit of Ray's own release tests (chaos tests killing nodes and workers 
 running workload): a search is submitted to ``hpsearch cluster up`` (head + one worker
 raylet, 1 CPU each, MLflow server, token auth) and, at seeded random intervals, either
 the worker's raylet is SIGKILLed (a worker is then joined again with ``hpsearch cluster
-join``, so capacity comes back) or a trial's actor process (``ray::SegmentationTrainable``)
-is. The number of faults and the run time are bounded. Then MLflow is read back with its
-own client: for every child run, its ``val_dice`` steps must be exactly 1..epochs_run
-(a missing step is an epoch lost, a repeated one an epoch duplicated).
+join``, so capacity comes back) or a trial's actor process is. The number of faults and
+the run time are bounded. Then MLflow is read back with its own client: for every child
+run, its ``val_dice`` steps must be exactly 1..epochs_run (a missing step is an epoch
+lost, a repeated one an epoch duplicated).
 Target: every trial completes, 0 lost, 0 duplicated.
 
 Usage::
@@ -23,6 +23,7 @@ import collections
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import tempfile
@@ -36,7 +37,9 @@ from _cluster import cluster_up, flags, hpsearch, runs, steps
 from hpsearch.cluster.auth import token_env
 from hpsearch.cluster.local import LocalCluster
 
-TRAINABLE = "SegmentationTrainable"
+# A trial actor's process title: ray::SegmentationTrainable.* while idle or in setup,
+# ray::ResourceTrainable.train (Tune's with_resources wrapper) while training.
+TRAINABLE = re.compile(r"^ray::\w*Trainable\b")
 ENDED = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
@@ -143,11 +146,11 @@ def _kill_one(cluster: LocalCluster, rng: random.Random) -> dict | None:
 
 
 def trial_processes(cluster: LocalCluster) -> list[psutil.Process]:
-    """This cluster's Ray workers that hold a trial (process title ``ray::SegmentationTrainable...``)."""
+    """This cluster's Ray workers that hold a trial (process title ``ray::...Trainable...``)."""
     found = []
     for proc in cluster.ray_processes():
         try:
-            if TRAINABLE in " ".join(proc.cmdline()[:1]):
+            if TRAINABLE.match(" ".join(proc.cmdline()[:1])):
                 found.append(proc)
         except psutil.Error:
             continue

@@ -20,19 +20,15 @@ import argparse
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import mlflow
+from _cluster import REPO, cluster_up, epochs, flags, hpsearch, runs, steps, wait
 
-from hpsearch.cluster.local import LocalCluster, free_port
 from hpsearch.data import load_dataset
 from hpsearch.spec import load_job
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
@@ -42,50 +38,47 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="hpb-", dir="/tmp"))
     data = work / "lv"
-    _hpsearch(["data", "synth", "--kind", "lv", "--cases", "12", "--seed", "0", "--out", str(data)])
+    hpsearch(["data", "synth", "--kind", "lv", "--cases", "12", "--seed", "0", "--out", str(data)])
     sets = [f"dataset.path={data}", "dataset.image_size=[48,48]", f"search.num_trials={args.trials}",
             f"scheduler.max_epochs={args.epochs}", f"scheduler.grace_period={args.epochs}"]
 
     # Both searches read the preprocessing cache: neither pays for preparing the data.
     load_dataset(load_job(REPO / "jobs" / "demo.yaml", sets).dataset)
     started = time.perf_counter()
-    _hpsearch(["run", "jobs/demo.yaml", *_flags(sets + [f"storage.path={work / 'local'}",
-                                                       f"tracking.uri=sqlite:///{work / 'local.db'}"])])
+    hpsearch(["run", "jobs/demo.yaml", *flags(sets + [f"storage.path={work / 'local'}",
+                                                    f"tracking.uri=sqlite:///{work / 'local.db'}"])])
     local_s = time.perf_counter() - started
 
     state = work / "cluster"
     started = time.perf_counter()
-    _hpsearch(["cluster", "up", "--dir", str(state), "--workers", "1", "--cpus-per-node", "1",
-               "--port", str(free_port()), "--dashboard-port", str(free_port()),
-               "--client-port", str(free_port()), "--mlflow-port", str(free_port())])
+    cluster = cluster_up(state)
     up_s = time.perf_counter() - started
-    cluster = LocalCluster.load(state)
     env = cluster.client_env()
     client = mlflow.MlflowClient(cluster.mlflow_uri)
     try:
         remote = sets + [f"storage.path={state / 'results'}", "storage.shared=true",
                          f"tracking.uri={cluster.mlflow_uri}"]
         started = time.perf_counter()
-        job = _hpsearch(["submit", "jobs/demo.yaml", *_flags(remote + ["tracking.experiment=whole"])], env)
+        job = hpsearch(["submit", "jobs/demo.yaml", *flags(remote + ["tracking.experiment=whole"])], env)
         submit_s = time.perf_counter() - started
-        _wait(lambda: _epochs(client, "whole"), 600)
+        wait(lambda: epochs(client, "whole"), 600)
         first_epoch_s = time.perf_counter() - started
-        _hpsearch(["logs", job, "--follow"], env)
+        hpsearch(["logs", job, "--follow"], env, check=False)
         cluster_s = time.perf_counter() - started
 
-        job = _hpsearch(["submit", "jobs/demo.yaml", *_flags(remote + ["tracking.experiment=loss"])], env)
+        job = hpsearch(["submit", "jobs/demo.yaml", *flags(remote + ["tracking.experiment=loss"])], env)
         nodes = cluster.nodes()
         worker = next(n["node_id"] for n in nodes if not n["head"])
-        victim = _wait(lambda: next((r for r in _runs(client, "loss") if r.data.tags.get("hpsearch.node_id") == worker
-                                     and r.info.status == "RUNNING" and len(_steps(client, r)) >= 2), None), 600)
-        done = len(_steps(client, victim))
+        victim = wait(lambda: next((r for r in runs(client, "loss") if r.data.tags.get("hpsearch.node_id") == worker
+                                    and r.info.status == "RUNNING" and len(steps(client, r)) >= 2), None), 600)
+        done = len(steps(client, victim))
         os.kill(cluster.raylet_pids()[worker], signal.SIGKILL)
         killed = time.perf_counter()
-        _wait(lambda: len(_steps(client, client.get_run(victim.info.run_id))) > done, 600)
+        wait(lambda: len(steps(client, client.get_run(victim.info.run_id))) > done, 600)
         recovery_s = time.perf_counter() - killed
-        _hpsearch(["logs", job, "--follow"], env)
+        hpsearch(["logs", job, "--follow"], env, check=False)
     finally:
-        _hpsearch(["cluster", "down", "--dir", str(state)])
+        hpsearch(["cluster", "down", "--dir", str(state)])
         shutil.rmtree(work, ignore_errors=True)
 
     print(f"{args.trials} trials x {args.epochs} epochs, 48x48 slices, 2 CPUs in all")
@@ -95,41 +88,6 @@ def main() -> None:
     print(f"search, submitted (2 nodes x 1 CPU):         {cluster_s:6.1f} s")
     print(f"search, hpsearch run (local Ray, 2 CPUs):    {local_s:6.1f} s   ratio {cluster_s / local_s:.2f}")
     print(f"worker raylet killed -> trial's next epoch:  {recovery_s:6.1f} s")
-
-
-def _flags(sets: list[str]) -> list[str]:
-    return [word for value in sets for word in ("--set", value)]
-
-
-def _hpsearch(args: list[str], env: dict[str, str] | None = None) -> str:
-    done = subprocess.run([sys.executable, "-m", "hpsearch", *args], cwd=REPO, env={**os.environ, **(env or {})},
-                          capture_output=True, text=True, check=False)
-    if done.returncode != 0 and args[0] != "logs":
-        raise SystemExit(f"hpsearch {' '.join(args[:2])} failed:\n{done.stderr[-2000:]}")
-    return done.stdout.strip()
-
-
-def _runs(client, experiment: str) -> list:
-    exp = client.get_experiment_by_name(experiment)
-    return client.search_runs([exp.experiment_id], "tags.`hpsearch.trial_id` != ''") if exp else []
-
-
-def _steps(client, run) -> list[int]:
-    return [m.step for m in client.get_metric_history(run.info.run_id, "val_dice")]
-
-
-def _epochs(client, experiment: str) -> int:
-    return sum(len(_steps(client, r)) for r in _runs(client, experiment))
-
-
-def _wait(condition, timeout_s: float):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = condition()
-        if found:
-            return found
-        time.sleep(0.2)
-    raise SystemExit(f"timed out after {timeout_s} s")
 
 
 if __name__ == "__main__":

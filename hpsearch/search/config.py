@@ -78,7 +78,7 @@ class ResourcesConfig(_Section):
     """Attributes:
     cpus_per_trial: CPUs reserved per trial; TensorFlow's threads follow it.
     gpus_per_trial: GPUs per trial; a fraction (0.5) puts several trials on one
-        GPU, which TensorFlow then shares through memory growth.
+        GPU, each trial's TensorFlow capped to its share of the memory (runtime.py).
     """
 
     cpus_per_trial: float = Field(1.0, gt=0.0, le=1024)

@@ -21,7 +21,7 @@ from ray import tune
 
 from hpsearch.data.preprocess import PreparedData
 from hpsearch.errors import first_line
-from hpsearch.failures import RECURRING, classify_failure
+from hpsearch.failures import RECURRING, failure_kind
 from hpsearch.models.footprint import check_fits
 from hpsearch.outcome import ERROR_KEY, FAILURE_KEY
 from hpsearch.runtime import RuntimeConfig, configure_tensorflow
@@ -58,9 +58,9 @@ class SegmentationTrainable(tune.Trainable):
         metric: str = "val_dice",
         mode: str = "max",
     ) -> None:
-        cpus = self.trial_resources.required_resources.get("CPU", 1) if self.trial_resources else 1
-        self._runtime = RuntimeConfig(**{**runtime, "intra_op_threads": max(1, round(cpus))})
-        configure_tensorflow(self._runtime)
+        resources = self.trial_resources.required_resources if self.trial_resources else {}
+        self._runtime = RuntimeConfig(**{**runtime, "intra_op_threads": max(1, round(resources.get("CPU", 1)))})
+        configure_tensorflow(self._runtime, gpu_fraction=resources.get("GPU", 0))  # a GPU share caps its memory
         self._data, self._model, self._base = data, model, base_params
         self._max_epochs, self._metric, self._mode = max_epochs, metric, mode
         self._build(config)
@@ -96,7 +96,7 @@ class SegmentationTrainable(tune.Trainable):
             else:
                 result = self.trainer.train_epoch().metrics()
         except Exception as exc:
-            kind = getattr(exc, "failure_kind", None) or classify_failure(f"{type(exc).__name__}: {exc}")
+            kind = failure_kind(exc)
             if kind not in RECURRING:
                 raise  # Tune retries it (max_failures) from the last checkpoint
             return {self._metric: math.nan, FAILURE_KEY: kind, ERROR_KEY: first_line(exc, 400),

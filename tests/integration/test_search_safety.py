@@ -27,7 +27,7 @@ params: {{epochs: {epochs}, depth: 2, base_filters: 4, batch_size: 4, learning_r
           loss: ce}}
 search_space: space.yaml
 search: {{sampler: random, num_trials: {trials}, max_concurrent: 2, seed: 0, max_failures: 1}}
-scheduler: {{type: none, max_epochs: {epochs}}}
+scheduler: {{type: none, max_epochs: {epochs}, grace_period: 1}}
 resources: {{cpus_per_trial: 1}}
 tracking: {{uri: sqlite:///mlflow.db}}
 storage: results
@@ -156,7 +156,9 @@ def test_two_searches_started_in_the_same_second_do_not_mix(lv_small, tmp_path):
         while time.time() % 1 > 0.3:  # release early in a second: both stamps fall in it
             time.sleep(0.01)
         go.set()
-        folders = sorted(Path(out.get(timeout=300)) for _ in procs)
+        answers = [out.get(timeout=300) for _ in procs]
+        assert not [a for a in answers if a.startswith("error:")], answers
+        folders = sorted(Path(a) for a in answers)
     finally:
         for proc in procs:
             proc.join(timeout=60)

@@ -179,12 +179,16 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 def _cmd_ui(args: argparse.Namespace) -> int:
     from hpsearch.mlflow_server import mlflow_server_command, mlflow_server_env
     from hpsearch.processes import run_foreground
-    from hpsearch.search.driver import tracking_uri_of
     from hpsearch.tracking_uri import check_tracking_uri
 
     if (args.job is None) == (args.tracking_uri is None):
         raise HpsearchError("ui: give either a job file or --tracking-uri")
-    uri = args.tracking_uri or tracking_uri_of(args.job)
+    if args.tracking_uri is not None:
+        uri = args.tracking_uri
+    else:
+        from hpsearch.search.driver import tracking_uri_of  # imports Ray Tune: only for a job file
+
+        uri = tracking_uri_of(args.job)
     if check_tracking_uri(uri, "--tracking-uri" if args.tracking_uri else f"{args.job}: tracking.uri") == "http":
         print(f"{uri} is already a tracking server: open it in a browser")
         return 0

@@ -18,8 +18,8 @@ import os
 import re
 import secrets
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import keras
 import nibabel as nib
 import numpy as np
 
@@ -29,6 +29,9 @@ from hpsearch.data.preprocess import fit_in_plane, preprocess_volume
 from hpsearch.data.volumes import AFFINE_TOLERANCE_MM
 from hpsearch.errors import HpsearchError
 from hpsearch.export import EXPORT_FORMAT, META_FILE, MODEL_FILE
+
+if TYPE_CHECKING:
+    import keras
 
 # nnU-Net names one file per channel: CASE_0000.nii.gz, CASE_0001.nii.gz, ...
 _CHANNEL_FILE = re.compile(r"^(.+)_(\d{4})\.nii(\.gz)?$")
@@ -43,27 +46,22 @@ class ExportedModel:
     directory: Path
 
     @classmethod
-    def load(cls, directory: str | Path) -> ExportedModel:
+    def load(cls, directory: str | Path, meta: dict | None = None) -> ExportedModel:
         """Read an export folder; the model loads with ``safe_mode=True`` (no pickled code).
+
+        Args:
+            directory: The folder `hpsearch export` wrote.
+            meta: Its metadata if already read (:func:`read_export_meta`).
 
         Raises:
             HpsearchError: A file is missing or unreadable, or the export format is unknown.
         """
         directory = Path(directory)
-        meta_path, model_path = directory / META_FILE, directory / MODEL_FILE
-        for path in (meta_path, model_path):
-            if not path.is_file():
-                raise HpsearchError(f"{path}: missing; not a model folder written by `hpsearch export`")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise HpsearchError(f"{meta_path}: not readable JSON ({exc})") from None
-        version = meta.get("format_version") if isinstance(meta, dict) else None
-        if version != EXPORT_FORMAT:
-            raise HpsearchError(
-                f"{meta_path}: export format {version!r}; this hpsearch reads format {EXPORT_FORMAT} "
-                "(use the hpsearch version that exported it, or export again)"
-            )
+        meta = meta if meta is not None else read_export_meta(directory)
+        # Keras (TensorFlow) only now: a wrong folder or input fails without its start-up lines.
+        import keras
+
+        model_path = directory / MODEL_FILE
         try:
             model = keras.models.load_model(model_path, safe_mode=True, compile=False)
         except Exception as exc:  # Keras raises many types for damaged or unsafe files
@@ -111,6 +109,29 @@ class ExportedModel:
         return to_label_values(np.moveaxis(classes, 0, config.slice_axis), self.meta["label_values"])
 
 
+def read_export_meta(directory: Path) -> dict:
+    """The checked ``hpsearch-model.json`` of an export folder (no TensorFlow needed).
+
+    Raises:
+        HpsearchError: A file is missing or unreadable, or the export format is unknown.
+    """
+    meta_path, model_path = directory / META_FILE, directory / MODEL_FILE
+    for path in (meta_path, model_path):
+        if not path.is_file():
+            raise HpsearchError(f"{path}: missing; not a model folder written by `hpsearch export`")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise HpsearchError(f"{meta_path}: not readable JSON ({exc})") from None
+    version = meta.get("format_version") if isinstance(meta, dict) else None
+    if version != EXPORT_FORMAT:
+        raise HpsearchError(
+            f"{meta_path}: export format {version!r}; this hpsearch reads format {EXPORT_FORMAT} "
+            "(use the hpsearch version that exported it, or export again)"
+        )
+    return meta
+
+
 def to_label_values(classes: np.ndarray, label_values: list[int]) -> np.ndarray:
     """Class indices to the dataset's label values (BraTS ``[0, 1, 2, 4]``: 3 -> 4).
 
@@ -143,8 +164,8 @@ def predict_path(model_dir: Path, input_path: Path, output_path: Path) -> list[P
         [PosixPath('seg.nii.gz')]
     """
     model_dir, input_path, output_path = Path(model_dir), Path(input_path), Path(output_path)
-    exported = ExportedModel.load(model_dir)
-    names = exported.channel_names
+    meta = read_export_meta(model_dir)
+    names = list(meta["channel_names"])
     if input_path.is_dir():
         jobs = _folder_jobs(input_path, output_path, len(names))
     elif input_path.is_file():
@@ -157,6 +178,7 @@ def predict_path(model_dir: Path, input_path: Path, output_path: Path) -> list[P
         if out.exists() or out.is_symlink():
             raise HpsearchError(f"{out}: already exists; choose another output (nothing is overwritten)")
     opened = [_open_case(files, names) for files, _ in jobs]  # every header, before any prediction
+    exported = ExportedModel.load(model_dir, meta)
     written = []
     for (files, out), images in zip(jobs, opened):
         volumes = [_voxels(path, image) for path, image in zip(files, images)]

@@ -213,3 +213,18 @@ def test_ui_refuses_unusable_tracking_uris_in_one_line(tmp_path, uri, needle):
     assert result.stderr.splitlines() == errors(result) and len(errors(result)) == 1, result.stderr
     assert needle in errors(result)[0]
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "args, line",
+    [
+        (["export", "/nonexistent", "--out", "x"], "hpsearch: error: /nonexistent: not an hpsearch experiment folder"),
+        (["predict", "/nonexistent", "a.nii.gz", "b.nii.gz"],
+         "hpsearch: error: /nonexistent/hpsearch-model.json: missing; not a model folder"),
+    ],
+)
+def test_export_and_predict_errors_are_one_line_without_tensorflow_chatter(tmp_path, args, line):
+    result = run(*args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith(line), result.stderr
+    assert list(tmp_path.iterdir()) == []

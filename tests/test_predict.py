@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import nibabel as nib
 import numpy as np
@@ -230,3 +232,12 @@ def test_model_folder_errors(lv_models, tmp_path):
     (copy / "hpsearch-model.json").write_text(json.dumps({**meta, "format_version": 99}))
     with pytest.raises(HpsearchError, match="export format 99"):
         ExportedModel.load(copy)
+
+
+def test_cli_missing_input_is_one_line_on_stderr(brats_model, tmp_path):
+    # Inputs are checked before Keras loads: no TensorFlow start-up lines before the error.
+    result = subprocess.run([sys.executable, "-m", "hpsearch", "predict", str(brats_model), "missing.nii.gz",
+                             "seg.nii.gz"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr == "hpsearch: error: missing.nii.gz: no such file or folder\n"
+    assert list(tmp_path.iterdir()) == []

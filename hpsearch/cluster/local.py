@@ -27,7 +27,7 @@ from pathlib import Path
 
 import psutil
 
-from hpsearch.cluster.auth import token_env
+from hpsearch.cluster.auth import create_token_file, token_env
 from hpsearch.errors import HpsearchError
 from hpsearch.mlflow_server import mlflow_server_command, mlflow_server_env
 from hpsearch.processes import process_tree, signal_all
@@ -219,16 +219,7 @@ class LocalCluster:
     # Internals.
 
     def _write_token(self) -> None:
-        if self.token_path.exists():
-            return
-        from ray._private.authentication.authentication_token_generator import (
-            generate_new_authentication_token,
-        )
-
-        # Created 0600 from the start: never readable by other users, not even briefly.
-        fd = os.open(self.token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(generate_new_authentication_token())
+        create_token_file(self.token_path)
 
     def _ray_start(self, args: list[str], cpus, gpus, object_store_mb) -> None:
         # Ray's agent port is fixed (52365) unless given: a second raylet on this machine,

@@ -137,19 +137,20 @@ def test_failing_trials_are_recorded_and_the_search_completes(local_ray, lv_smal
     assert all(c.info.status == "FAILED" for c in tagged)
 
 
-def _hpsearch(*args, cwd: Path) -> subprocess.Popen:
+def _hpsearch(spawn, *args, cwd: Path) -> subprocess.Popen:
+    """A real `hpsearch` process; the spawn fixture kills it and its local Ray if the test fails."""
     exe = Path(sys.executable).with_name("hpsearch")
-    return subprocess.Popen(
-        [str(exe), *map(str, args)], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    return spawn(
+        [exe, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, start_new_session=True, env={**os.environ, "RAY_ADDRESS": ""},
     )
 
 
-def test_driver_killed_and_resumed(lv_small, tmp_path):
+def test_driver_killed_and_resumed(lv_small, tmp_path, spawn):
     # No early stopping here (grace period = max epochs): every trial runs 6 epochs.
     job = _write_job(tmp_path, lv_small, sampler="random", trials=6, **{"{epochs: 4,": "{epochs: 6,",
                      "max_epochs: 4, grace_period: 1": "max_epochs: 6, grace_period: 6"})
-    driver = _hpsearch("run", job, cwd=tmp_path)
+    driver = _hpsearch(spawn, "run", job, cwd=tmp_path)
     experiment = None
     deadline = time.monotonic() + 240
     # Kill once at least one trial has finished and others are mid-way.
@@ -160,7 +161,9 @@ def test_driver_killed_and_resumed(lv_small, tmp_path):
             if _persisted_finished(experiment):
                 break
         time.sleep(0.5)
-    assert experiment is not None, driver.communicate()[0][-3000:]
+    if experiment is None:
+        driver.kill()
+        pytest.fail(f"no finished trial within 240 s: {driver.communicate()[0][-3000:]}")
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
     # "Finished" is what Ray's persisted experiment state says: a trial that ended after
@@ -168,7 +171,7 @@ def test_driver_killed_and_resumed(lv_small, tmp_path):
     done_before = {name: _result_lines(experiment / name) for name in _persisted_finished(experiment)}
     assert not (experiment / "results.json").exists()
 
-    resumed = _hpsearch("resume", experiment, cwd=tmp_path)
+    resumed = _hpsearch(spawn, "resume", experiment, cwd=tmp_path)
     output = resumed.communicate(timeout=600)[0]
     assert resumed.returncode == 0, output[-3000:]
     results = json.loads((experiment / "results.json").read_text())

@@ -16,21 +16,29 @@ reachable from the network unless told otherwise, in two ways this module closes
   mode 600, unless the user configured a token (``RAY_AUTH_TOKEN[_PATH]``) or a mode
   (``RAY_AUTH_MODE``) themselves.
 
+* **The session folder.** Ray makes its folders (logs, sockets, unpacked runtime
+  environments) writable by everyone (``try_make_directory_shared``: mode 777) under
+  ``/tmp/ray``. hpsearch puts them under ``/tmp/hpsearch-UID/ray``, in a folder only this
+  user may enter (mode 700), so other local users can neither read the trials' logs nor
+  plant files Ray would load.
+
 What stays open is reachable from this machine only: Ray's ports on 127.0.0.1 (the gRPC
-ones need the token; the Prometheus metrics ones do not) and its Unix sockets in the
-session folder (``/tmp/ray``).
+ones need the token; the Prometheus metrics ones do not).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import ray
 
 from hpsearch.cluster.auth import check_token_file, create_token_file, use_token_file
+from hpsearch.errors import HpsearchError
 
 LOCAL_ONLY_VARIABLE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
@@ -60,7 +68,28 @@ def init_ray(address: str | None) -> None:
     _private_token()
     # "local": a bare ray.init() would attach to whatever `ray start` ran last here.
     with _loopback_only():
-        ray.init(address="local", include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", include_dashboard=False, log_to_driver=False,
+                 _temp_dir=str(private_temp_dir() / "ray"))
+
+
+def private_temp_dir() -> Path:
+    """``/tmp/hpsearch-UID``: created mode 700, and refused if someone else could have made or entered it.
+
+    Raises:
+        HpsearchError: It is not a folder of this user's that only this user may enter.
+    """
+    path = Path(tempfile.gettempdir()) / f"hpsearch-{os.getuid()}"
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    info = os.lstat(path)  # lstat: a symlink planted by another user is not followed
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
+        raise HpsearchError(
+            f"{path}: not a private folder of this user (owner uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):o}); "
+            "Ray's session files go there: remove it or `chmod 700` it if it is yours"
+        )
+    return path
 
 
 def _private_token() -> None:

@@ -13,6 +13,8 @@ import os
 import stat
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 # Starts Ray the way the driver does, runs one real Tune trial, then reports every TCP port
 # the session's processes listen on and where Ray's and hpsearch's token files are.
@@ -43,7 +45,7 @@ for proc in procs.values():
                       if c.status == psutil.CONN_LISTEN]
     except psutil.Error:
         pass
-print(json.dumps({"node_ip": node.node_ip_address, "score": grid[0].metrics["score"],
+print(json.dumps({"node_ip": node.node_ip_address, "session": session, "score": grid[0].metrics["score"],
                   "processes": len(procs), "listening": listening,
                   "token_path": os.environ.get("RAY_AUTH_TOKEN_PATH")}))
 ray.shutdown()
@@ -76,6 +78,20 @@ def test_local_ray_listens_on_loopback_only_with_a_private_token(spawn, tmp_path
     assert stat.S_IMODE(token.stat().st_mode) == 0o600 and len(token.read_text()) >= 32
     assert stat.S_IMODE(token.parent.stat().st_mode) == 0o700
     assert not (home / ".ray" / "auth_token").exists()  # Ray wrote its own, mode 644, before
+    private = Path(tempfile.gettempdir()) / f"hpsearch-{os.getuid()}"  # not /tmp/ray, mode 777
+    assert Path(report["session"]).parent.parent == private
+    assert stat.S_IMODE(private.stat().st_mode) == 0o700
+
+
+def test_a_session_folder_others_could_enter_is_refused_before_ray_starts(spawn, tmp_path):
+    shared = tmp_path / f"hpsearch-{os.getuid()}"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    code = "from hpsearch.search.local_ray import init_ray\ninit_ray(None)\n"
+    returncode, _, err = _probe(spawn, tmp_path, code=code, TMPDIR=str(tmp_path))
+    assert returncode == 1
+    assert f"HpsearchError: {shared}: not a private folder of this user (owner uid {os.getuid()}, mode 755)" in err
+    assert list(shared.iterdir()) == []
 
 
 def test_a_token_file_others_can_read_is_refused_before_ray_starts(spawn, tmp_path):

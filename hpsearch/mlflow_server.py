@@ -3,8 +3,8 @@
 MLflow 3's defaults cost what hpsearch never uses: 4 uvicorn workers, and a job runner
 (``mlflow.server.jobs._job_runner``) with seven Huey consumer processes for GenAI jobs
 (scorers, trace roll-ups, prompt optimisation). Measured here (benchmarks/mlflow_server_cost.py)
-that is 16 processes and about 2.9 GB RSS for one UI; hpsearch's logging and browsing need
-one worker and no jobs.
+that is 15 processes and 2.5 GB RSS for one UI, against 2 processes and 0.5 GB with one
+worker and no jobs, which is all hpsearch's logging and browsing need.
 """
 
 from __future__ import annotations

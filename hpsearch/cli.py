@@ -187,22 +187,26 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
-    import subprocess
-
-    from hpsearch.search.driver import tracking_uri_of
+    from hpsearch.mlflow_server import mlflow_server_command, mlflow_server_env
+    from hpsearch.processes import run_foreground
+    from hpsearch.tracking.store import check_tracking_uri, resolve_uri
 
     if (args.job is None) == (args.tracking_uri is None):
         raise HpsearchError("ui: give either a job file or --tracking-uri")
-    uri = args.tracking_uri or tracking_uri_of(args.job)
-    if "://" in uri and uri.split("://")[0] in ("http", "https"):
+    if args.tracking_uri is not None:
+        uri = args.tracking_uri
+    else:
+        from hpsearch.spec import load_job
+
+        uri = resolve_uri(load_job(args.job).tracking.uri)
+    if check_tracking_uri(uri, "--tracking-uri" if args.tracking_uri else f"{args.job}: tracking.uri") == "http":
         print(f"{uri} is already a tracking server: open it in a browser")
         return 0
     print(f"MLflow UI for {uri} at http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: bound to {args.host}: anyone who can reach it can read and change runs", file=sys.stderr)
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-               "--host", args.host, "--port", str(args.port)]
-    return subprocess.call(command)
+    # Its own process group, signals forwarded, group stopped on exit: no orphaned workers.
+    return run_foreground(mlflow_server_command(uri, args.host, args.port), env=mlflow_server_env())
 
 
 def _cmd_export(args: argparse.Namespace) -> int:

@@ -29,15 +29,18 @@ import os
 import secrets
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras
 import numpy as np
 
 from hpsearch.errors import HpsearchError
-from hpsearch.models import build_model
-from hpsearch.params import model_options, validate_params
-from hpsearch.trainer import BEST_WEIGHTS_FILE, STATE_FILE, load_arrays
+
+if TYPE_CHECKING:
+    import keras
+
+# Keras, the models and the trainer (TensorFlow, and its start-up lines on stderr) are
+# imported inside the functions: `predict` and `export` read this module's constants and
+# check their inputs before paying for TensorFlow.
 
 EXPORT_FORMAT = 1
 MODEL_FILE = "model.keras"
@@ -69,6 +72,8 @@ def export_model(
         >>> export_model(Path("ckpt"), Path("model"), data_info=data.info)  # doctest: +SKIP
         PosixPath('model')
     """
+    from hpsearch.trainer import BEST_WEIGHTS_FILE, STATE_FILE
+
     checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
     state_file = checkpoint_dir / STATE_FILE
     if not state_file.is_file() or not (checkpoint_dir / BEST_WEIGHTS_FILE).is_file():
@@ -147,6 +152,12 @@ def model_from_checkpoint(checkpoint_dir: Path, state: dict, data_info: dict) ->
     Raises:
         HpsearchError: The weights do not fit the model ``data_info`` describes.
     """
+    import keras
+
+    from hpsearch.models import build_model
+    from hpsearch.params import model_options, validate_params
+    from hpsearch.trainer import BEST_WEIGHTS_FILE, load_arrays
+
     params = validate_params(state["model"], state["params"])
     preprocess = dict(data_info["preprocess"])
     input_shape = (*(int(s) for s in preprocess["image_size"]), len(data_info["channel_names"]))
@@ -172,6 +183,8 @@ def model_from_checkpoint(checkpoint_dir: Path, state: dict, data_info: dict) ->
 
 def _verify_reload(model: keras.Model, path: Path, input_shape: tuple[int, ...]) -> None:
     """Reload as a user would and check the output, so a broken export never ships."""
+    import keras
+
     try:
         reloaded = keras.models.load_model(path, safe_mode=True, compile=False)
     except Exception as exc:  # Keras raises many types for unloadable files

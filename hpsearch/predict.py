@@ -18,8 +18,8 @@ import os
 import re
 import secrets
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import keras
 import nibabel as nib
 import numpy as np
 
@@ -30,6 +30,9 @@ from hpsearch.data.preprocess import fit_in_plane, preprocess_volume
 from hpsearch.data.volumes import AFFINE_TOLERANCE_MM
 from hpsearch.errors import HpsearchError
 from hpsearch.export import EXPORT_FORMAT, META_FILE, MODEL_FILE
+
+if TYPE_CHECKING:
+    import keras
 
 # nnU-Net names one file per channel: CASE_0000.nii.gz, CASE_0001.nii.gz, ...
 _CHANNEL_FILE = re.compile(r"^(.+)_(\d{4})\.nii(\.gz)?$")
@@ -44,27 +47,22 @@ class ExportedModel:
     directory: Path
 
     @classmethod
-    def load(cls, directory: str | Path) -> ExportedModel:
+    def load(cls, directory: str | Path, meta: dict | None = None) -> ExportedModel:
         """Read an export folder; the model loads with ``safe_mode=True`` (no pickled code).
+
+        Args:
+            directory: The folder `hpsearch export` wrote.
+            meta: Its metadata if already read (:func:`read_export_meta`).
 
         Raises:
             HpsearchError: A file is missing or unreadable, or the export format is unknown.
         """
         directory = Path(directory)
-        meta_path, model_path = directory / META_FILE, directory / MODEL_FILE
-        for path in (meta_path, model_path):
-            if not path.is_file():
-                raise HpsearchError(f"{path}: missing; not a model folder written by `hpsearch export`")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise HpsearchError(f"{meta_path}: not readable JSON ({exc})") from None
-        version = meta.get("format_version") if isinstance(meta, dict) else None
-        if version != EXPORT_FORMAT:
-            raise HpsearchError(
-                f"{meta_path}: export format {version!r}; this hpsearch reads format {EXPORT_FORMAT} "
-                "(use the hpsearch version that exported it, or export again)"
-            )
+        meta = meta if meta is not None else read_export_meta(directory)
+        # Keras (TensorFlow) only now: a wrong folder or input fails without its start-up lines.
+        import keras
+
+        model_path = directory / MODEL_FILE
         try:
             model = keras.models.load_model(model_path, safe_mode=True, compile=False)
         except Exception as exc:  # Keras raises many types for damaged or unsafe files
@@ -77,14 +75,8 @@ class ExportedModel:
 
     @property
     def dataset_folder(self) -> Path | None:
-        """The folder the model was trained on, when the export recorded it as an absolute path.
-
-        ``dataset`` is written by exports since it was added; older ones (and any
-        search export) also carry it as the fingerprint's ``root``. A relative path
-        names a folder only from the working directory of training, so it is ignored.
-        """
-        recorded = self.meta.get("dataset") or (self.meta.get("fingerprint") or {}).get("root")
-        return Path(recorded) if isinstance(recorded, str) and Path(recorded).is_absolute() else None
+        """The folder the model was trained on (see :func:`trained_on`)."""
+        return trained_on(self.meta)
 
     def predict_volume(self, image: np.ndarray, batch_size: int = 16) -> np.ndarray:
         """Segment one scan: ``(X, Y, Z)`` or ``(X, Y, Z, C)`` in, ``(X, Y, Z)`` labels out.
@@ -123,6 +115,29 @@ class ExportedModel:
         return to_label_values(np.moveaxis(classes, 0, config.slice_axis), self.meta["label_values"])
 
 
+def read_export_meta(directory: Path) -> dict:
+    """The checked ``hpsearch-model.json`` of an export folder (no TensorFlow needed).
+
+    Raises:
+        HpsearchError: A file is missing or unreadable, or the export format is unknown.
+    """
+    meta_path, model_path = directory / META_FILE, directory / MODEL_FILE
+    for path in (meta_path, model_path):
+        if not path.is_file():
+            raise HpsearchError(f"{path}: missing; not a model folder written by `hpsearch export`")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise HpsearchError(f"{meta_path}: not readable JSON ({exc})") from None
+    version = meta.get("format_version") if isinstance(meta, dict) else None
+    if version != EXPORT_FORMAT:
+        raise HpsearchError(
+            f"{meta_path}: export format {version!r}; this hpsearch reads format {EXPORT_FORMAT} "
+            "(use the hpsearch version that exported it, or export again)"
+        )
+    return meta
+
+
 def to_label_values(classes: np.ndarray, label_values: list[int]) -> np.ndarray:
     """Class indices to the dataset's label values (BraTS ``[0, 1, 2, 4]``: 3 -> 4).
 
@@ -133,6 +148,17 @@ def to_label_values(classes: np.ndarray, label_values: list[int]) -> np.ndarray:
     values = np.asarray(label_values, np.int64)
     dtype = np.uint8 if values.max() < 256 else np.int16 if values.max() < 2**15 else np.int32
     return values.astype(dtype)[classes]
+
+
+def trained_on(meta: dict) -> Path | None:
+    """The folder a model was trained on, when its export recorded it as an absolute path.
+
+    ``dataset`` is written by exports since it was added; older ones (and any search
+    export) also carry it as the fingerprint's ``root``. A relative path names a folder
+    only from the working directory of training, so it is ignored.
+    """
+    recorded = meta.get("dataset") or (meta.get("fingerprint") or {}).get("root")
+    return Path(recorded) if isinstance(recorded, str) and Path(recorded).is_absolute() else None
 
 
 def predict_path(model_dir: Path, input_path: Path, output_path: Path) -> list[Path]:
@@ -156,8 +182,8 @@ def predict_path(model_dir: Path, input_path: Path, output_path: Path) -> list[P
         [PosixPath('seg.nii.gz')]
     """
     model_dir, input_path, output_path = Path(model_dir), Path(input_path), Path(output_path)
-    exported = ExportedModel.load(model_dir)
-    names = exported.channel_names
+    meta = read_export_meta(model_dir)
+    names = list(meta["channel_names"])
     if input_path.is_dir():
         jobs = _folder_jobs(input_path, output_path, len(names))
     elif input_path.is_file():
@@ -166,12 +192,13 @@ def predict_path(model_dir: Path, input_path: Path, output_path: Path) -> list[P
         jobs = [((input_path,), output_path)]
     else:
         raise HpsearchError(f"{input_path}: no such file or folder")
-    if exported.dataset_folder is not None:
-        refuse_inside(output_path, exported.dataset_folder, "output")
+    if (dataset := trained_on(meta)) is not None:
+        refuse_inside(output_path, dataset, "output")
     for _, out in jobs:
         if out.exists() or out.is_symlink():
             raise HpsearchError(f"{out}: already exists; choose another output (nothing is overwritten)")
     opened = [_open_case(files, names) for files, _ in jobs]  # every header, before any prediction
+    exported = ExportedModel.load(model_dir, meta)
     written = []
     for (files, out), images in zip(jobs, opened):
         volumes = [_voxels(path, image) for path, image in zip(files, images)]

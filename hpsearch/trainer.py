@@ -20,7 +20,6 @@ import dataclasses
 import json
 import math
 import os
-import re
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping

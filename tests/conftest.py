@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from hpsearch.data.synth import synthesize  # noqa: E402
+from helpers import SPAWN_TAG, kill_processes, tagged_processes  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -28,3 +31,23 @@ def lv_small(tmp_path_factory) -> Path:
 def brats_small(tmp_path_factory) -> Path:
     """4 synthetic BraTS cases, 32x32x8x4, labels 0/1/2/4."""
     return synthesize("brats", tmp_path_factory.mktemp("data") / "brats", cases=4, seed=1, shape=(32, 32, 8))
+
+
+@pytest.fixture
+def spawn():
+    """``Popen`` for tests: every process started through it, and everything those start, is
+    killed at teardown, also when the test fails.
+
+    The processes are found by a tag in their environment, which their children inherit:
+    a tree whose root was killed (orphans) or that left the process group is still found.
+    """
+    tag = uuid.uuid4().hex
+
+    def start(args, **popen) -> subprocess.Popen:
+        env = {**(popen.pop("env", None) or os.environ), SPAWN_TAG: tag}
+        return subprocess.Popen([str(a) for a in args], env=env, **popen)
+
+    try:
+        yield start
+    finally:
+        kill_processes(tagged_processes(tag))

@@ -6,10 +6,12 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import psutil
 
 from hpsearch.cluster.local import free_port, start_mlflow_server  # noqa: F401 (free_port: for tests)
 
@@ -105,5 +107,55 @@ def start_server(folder: Path, port: int, backend_uri: str | None = None) -> sub
 
 
 def stop_server(server: subprocess.Popen) -> None:
-    os.killpg(server.pid, signal.SIGKILL)  # a crash, not a shutdown
+    try:
+        os.killpg(server.pid, signal.SIGKILL)  # a crash, not a shutdown
+    except ProcessLookupError:  # already stopped (a test's earlier stop, then a failed restart)
+        pass
     server.wait(timeout=10)
+
+
+SPAWN_TAG = "HPSEARCH_TEST_SPAWN"
+
+
+def tagged_processes(tag: str) -> list[psutil.Process]:
+    """Live processes whose environment carries ``SPAWN_TAG=tag`` (see the ``spawn`` fixture)."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE and proc.environ().get(SPAWN_TAG) == tag:
+                found.append(proc)
+        except psutil.Error:  # gone, or another user's
+            continue
+    return found
+
+
+def alive(procs: list[psutil.Process]) -> list[psutil.Process]:
+    """Those of ``procs`` still running (zombies are dead: only their exit status is left)."""
+    out = []
+    for proc in procs:
+        try:
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                out.append(proc)
+        except psutil.Error:
+            continue
+    return out
+
+
+def kill_processes(procs: list[psutil.Process]) -> None:
+    """SIGKILL every process and wait for them (teardown: nothing may survive a test)."""
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(procs, timeout=10)
+
+
+def hpsearch_process(spawn, *args, cwd: Path) -> subprocess.Popen:
+    """A real `hpsearch` process (own session, output merged, local Ray); the ``spawn``
+    fixture kills it and everything it started if the test fails."""
+    exe = Path(sys.executable).with_name("hpsearch")
+    return spawn(
+        [exe, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True, env={**os.environ, "RAY_ADDRESS": ""},
+    )

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
-import socket
+import signal
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
-from helpers import snapshot
+from helpers import alive, free_port, snapshot
 
 EXE = Path(sys.executable).with_name("hpsearch")
 COMMAND = [str(EXE)] if EXE.exists() else [sys.executable, "-m", "hpsearch.cli"]
@@ -147,28 +149,86 @@ def test_search_commands_on_wrong_folders(tmp_path, args, needle):
     assert needle in errors(result)[0], errors(result)
 
 
-def test_ui_serves_the_job_store_on_loopback(tmp_path):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+def _start_ui(spawn, folder: Path, *args) -> tuple[subprocess.Popen, int]:
+    """`hpsearch ui` on a free port, returned once its page answers."""
+    port = free_port()
+    proc = spawn([*COMMAND, "ui", *args, "--port", port], cwd=folder,
+                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = next(line for line in proc.stdout if line.startswith("MLflow UI"))
+    assert f"http://127.0.0.1:{port}" in first
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:
+                assert response.status == 200
+                return proc, port
+        except OSError:
+            assert time.monotonic() < deadline and proc.poll() is None, "MLflow UI did not come up"
+            time.sleep(1)
+
+
+def test_ui_serves_the_job_store_on_loopback(tmp_path, spawn):
     (tmp_path / "job.yaml").write_text(SEARCH)
-    proc = subprocess.Popen([*COMMAND, "ui", "job.yaml", "--port", str(port)], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        first = next(line for line in proc.stdout if line.startswith("MLflow UI"))
-        assert f"http://127.0.0.1:{port}" in first and str(tmp_path / "mlflow.db") in first
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:
-                    assert response.status == 200
-                    break
-            except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None, "MLflow UI did not come up"
-                time.sleep(1)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    proc, port = _start_ui(spawn, tmp_path, "job.yaml")
+    assert (tmp_path / "mlflow.db").is_file()
+    listening = {c.laddr for p in [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+                 for c in p.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
+    assert listening == {("127.0.0.1", port)}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_ui_stopped_by_its_pid_leaves_no_process(tmp_path, spawn, sig):
+    # `hpsearch ui` runs `mlflow server`, which runs uvicorn workers (and in MLflow 3 a job
+    # runner with its consumers): a signal to hpsearch's pid alone must stop all of them.
+    proc, _ = _start_ui(spawn, tmp_path, "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}")
+    time.sleep(3)  # MLflow's job runner, when on, starts its consumers after the server
+    tree = psutil.Process(proc.pid).children(recursive=True)
+    assert tree, "the UI runs in child processes"
+    os.kill(proc.pid, sig)
+    assert proc.wait(timeout=30) == 128 + sig
+    _, survivors = psutil.wait_procs(tree, timeout=15)
+    assert not alive(survivors), [p.cmdline()[:4] for p in alive(survivors)]
+
+
+def test_ui_costs_one_server_process(tmp_path, spawn):
+    # No MLflow job runner (Huey consumers) and one worker: hpsearch uses neither.
+    proc, _ = _start_ui(spawn, tmp_path, "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}")
+    time.sleep(3)
+    commands = [" ".join(p.cmdline()) for p in psutil.Process(proc.pid).children(recursive=True)]
+    assert not [c for c in commands if "huey" in c or "_job_runner" in c], commands
+    assert len(commands) <= 2, commands  # `mlflow server` and its uvicorn
+
+
+@pytest.mark.parametrize(
+    "uri, needle",
+    [
+        ("gopher://x", "--tracking-uri gopher://x: unsupported tracking URI scheme 'gopher'; use sqlite:///"),
+        ("file:///tmp/mlruns", "a folder (file store) is not a tracking store MLflow 3 opens"),
+        ("mlruns", "a folder (file store) is not a tracking store MLflow 3 opens"),
+        ("mlflow.db", "a plain path; a SQLite store is named sqlite:///"),
+    ],
+)
+def test_ui_refuses_unusable_tracking_uris_in_one_line(tmp_path, uri, needle):
+    result = run("ui", "--tracking-uri", uri, "--port", free_port(), cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == errors(result) and len(errors(result)) == 1, result.stderr
+    assert needle in errors(result)[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "args, line",
+    [
+        (["export", "/nonexistent", "--out", "x"], "hpsearch: error: /nonexistent: no such folder"),
+        (["predict", "/nonexistent", "a.nii.gz", "b.nii.gz"],
+         "hpsearch: error: /nonexistent/hpsearch-model.json: missing; not a model folder"),
+    ],
+)
+def test_export_and_predict_errors_are_one_line_without_tensorflow_chatter(tmp_path, args, line):
+    result = run(*args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith(line), result.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def _single_case(root):

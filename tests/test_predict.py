@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import nibabel as nib
 import numpy as np
@@ -261,3 +263,12 @@ def test_never_writes_into_the_dataset_folder_it_was_trained_on(lv_small, lv_mod
     assert snapshot(lv_small) == before
     assert recorded == str(lv_small)
     assert predict_path(older, source, tmp_path / "seg.nii.gz") == [tmp_path / "seg.nii.gz"]
+
+
+def test_cli_missing_input_is_one_line_on_stderr(brats_model, tmp_path):
+    # Inputs are checked before Keras loads: no TensorFlow start-up lines before the error.
+    result = subprocess.run([sys.executable, "-m", "hpsearch", "predict", str(brats_model), "missing.nii.gz",
+                             "seg.nii.gz"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr == "hpsearch: error: missing.nii.gz: no such file or folder\n"
+    assert list(tmp_path.iterdir()) == []

@@ -27,8 +27,10 @@ from pathlib import Path
 
 import psutil
 
-from hpsearch.cluster.auth import token_env
+from hpsearch.cluster.auth import create_token_file, token_env
 from hpsearch.errors import HpsearchError
+from hpsearch.mlflow_server import mlflow_server_command, mlflow_server_env
+from hpsearch.processes import process_tree, signal_all
 
 STATE_FILE = "cluster.json"
 TOKEN_FILE = "auth_token"
@@ -161,7 +163,7 @@ class LocalCluster:
     def stop_mlflow(self, sig: int = signal.SIGTERM) -> None:
         """Stop the MLflow server and its worker processes (its whole process group)."""
         if self.mlflow_pid:
-            _signal_all(_tree(psutil.Process(self.mlflow_pid)) if psutil.pid_exists(self.mlflow_pid) else [], sig)
+            signal_all(process_tree(self.mlflow_pid), sig)
             self.mlflow_pid = None
             self.save()
 
@@ -169,9 +171,9 @@ class LocalCluster:
         """Stop every process of this cluster (Ray's and MLflow's); return how many."""
         self.stop_mlflow()
         procs = self.ray_processes()
-        _signal_all(procs, signal.SIGTERM)
+        signal_all(procs, signal.SIGTERM)
         _, alive = psutil.wait_procs(procs, timeout=10)
-        _signal_all(alive, signal.SIGKILL)
+        signal_all(alive, signal.SIGKILL)
         return len(procs)
 
     # Inspecting.
@@ -181,7 +183,7 @@ class LocalCluster:
         found: dict[int, psutil.Process] = {}
         for proc in psutil.process_iter(["cmdline"]):
             if any(self.temp_dir in part for part in proc.info["cmdline"] or ()):
-                found.update((p.pid, p) for p in _tree(proc))
+                found.update((p.pid, p) for p in process_tree(proc.pid))
         return list(found.values())
 
     def raylet_pids(self) -> dict[str, int]:
@@ -217,16 +219,7 @@ class LocalCluster:
     # Internals.
 
     def _write_token(self) -> None:
-        if self.token_path.exists():
-            return
-        from ray._private.authentication.authentication_token_generator import (
-            generate_new_authentication_token,
-        )
-
-        # Created 0600 from the start: never readable by other users, not even briefly.
-        fd = os.open(self.token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(generate_new_authentication_token())
+        create_token_file(self.token_path)
 
     def _ray_start(self, args: list[str], cpus, gpus, object_store_mb) -> None:
         # Ray's agent port is fixed (52365) unless given: a second raylet on this machine,
@@ -291,9 +284,9 @@ def start_mlflow_server(store_uri: str, artifacts: Path, *, host: str = "127.0.0
     check_reachable(store_uri)
     with open(log, "ab") if log else open(os.devnull, "wb") as out:
         server = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port),
-             "--backend-store-uri", store_uri, "--artifacts-destination", str(artifacts), "--workers", "1"],
-            cwd=artifacts.parent, stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True)
+            mlflow_server_command(store_uri, host, port, "--artifacts-destination", str(artifacts)),
+            env=mlflow_server_env(), cwd=artifacts.parent, stdout=out, stderr=out, stdin=subprocess.DEVNULL,
+            start_new_session=True)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if _port_open(host, port):
@@ -317,18 +310,3 @@ def _port_open(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
-
-
-def _tree(proc: psutil.Process) -> list[psutil.Process]:
-    try:
-        return [proc, *proc.children(recursive=True)]
-    except psutil.Error:
-        return [proc]
-
-
-def _signal_all(procs: list[psutil.Process], sig: int) -> None:
-    for proc in procs:
-        try:
-            proc.send_signal(sig)
-        except psutil.Error:
-            pass

@@ -24,6 +24,7 @@ from hpsearch.errors import HpsearchError, SearchInterrupted
 from hpsearch.experiment import Experiment, SearchState, base_name
 from hpsearch.outcome import Outcome, SearchStatus
 from hpsearch.search import results as results_mod
+from hpsearch.search.local_ray import init_ray
 from hpsearch.search.progress import SearchProgress
 from hpsearch.search.tuner import build_tuner, restore_tuner
 from hpsearch.selection import check_metric
@@ -61,7 +62,7 @@ def run_search(job_path: Path, overrides=(), *, address: str | None = None, echo
     files = cached_file_digests(read_index(job.dataset.path), job.dataset.cache_dir)
     echo(f"data: {len(data.train_x)} training / {len(data.val_x)} validation slices "
          f"({'cache' if from_cache else 'preprocessed'}), classes {data.class_names}")
-    _init_ray(address)
+    init_ray(address)
     job.storage.check_for_cluster(_alive_nodes())
 
     folder = Experiment.claim_folder(storage, name)
@@ -105,7 +106,7 @@ def resume_search(experiment_dir: Path, *, address: str | None = None, echo: Ech
     if changed:
         experiment.update_data_info(data.info)
         echo(f"warning: dataset changed ({len(changed)} file(s)); accepted and recorded in {experiment.path}")
-    _init_ray(address)
+    init_ray(address)
     job.storage.check_for_cluster(_alive_nodes())
     echo(f"resuming {experiment.path}")
     experiment.set_status(SearchStatus.RUNNING)
@@ -203,33 +204,11 @@ def _write_dashboard(experiment_dir: Path, echo: Echo) -> None:
     echo(f"warning: dashboard not written ({reason[:300]}); retry with `hpsearch dashboard {experiment_dir}`")
 
 
-def tracking_uri_of(job_path: Path) -> str:
-    """The absolute MLflow URI of a job file's tracking section."""
-    return resolve_uri(load_job(job_path).tracking.uri)
-
-
 def _refuse_outputs_in_dataset(job: Job) -> None:
     """hpsearch never writes into a dataset folder: not its results, not its MLflow store."""
     refuse_inside(Path(job.storage.path), job.dataset.path, "storage.path")
     if (store := local_store_path(job.tracking.uri)) is not None:
         refuse_inside(store, job.dataset.path, "tracking.uri")
-
-
-def _init_ray(address: str | None) -> None:
-    import ray
-
-    # Checkpointing every epoch with num_to_keep=2 is deliberate (see tuner.py); Ray's
-    # "snapshotting may become a bottleneck" warning about it is noise at these sizes.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        # The embedded default: a private local Ray on loopback, no dashboard. "local"
-        # because a bare ray.init() would attach to whatever `ray start` ran last here.
-        ray.init(address="local", include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
 
 
 def _alive_nodes() -> int:

@@ -9,18 +9,24 @@
 
 from __future__ import annotations
 
-from hpsearch.tracking.store import check_reachable, check_uri, ensure_reachable, resolve_uri, uri_scheme
+from hpsearch.tracking.store import (
+    check_reachable,
+    check_tracking_uri,
+    classify_tracking_uri,
+    ensure_reachable,
+    resolve_uri,
+)
 
 __all__ = [
     "MLflowTracker",
     "SearchRuns",
     "check_reachable",
-    "check_uri",
+    "check_tracking_uri",
+    "classify_tracking_uri",
     "ensure_reachable",
     "flatten_params",
     "resolve_uri",
     "start_search_run",
-    "uri_scheme",
 ]
 
 _LAZY = {

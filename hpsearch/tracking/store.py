@@ -1,10 +1,14 @@
 """Where MLflow keeps a search: the tracking URI, checked and pinned before anything runs.
 
+Checked before anything connects, so that ``gopher://x`` or a ``./mlruns`` folder is
+refused by name instead of failing deep inside MLflow as "not reachable" or a traceback.
+Importing this module imports nothing from MLflow.
+
 Example:
-    >>> uri_scheme("sqlite:///mlflow.db"), uri_scheme("http://127.0.0.1:5000"), uri_scheme("mlruns")
-    ('sqlite', 'http', 'file')
-    >>> uri_scheme("gopher://x")
-    'gopher'
+    >>> classify_tracking_uri("sqlite:///mlflow.db"), classify_tracking_uri("http://127.0.0.1:5000")
+    ('sqlite', 'http')
+    >>> classify_tracking_uri("mlruns"), classify_tracking_uri("gopher://x")
+    ('file', 'unsupported')
 """
 
 from __future__ import annotations
@@ -16,18 +20,23 @@ from pathlib import Path
 
 from hpsearch.errors import HpsearchError, first_line
 
-DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
-SUPPORTED_SCHEMES = (*DATABASE_SCHEMES, "http", "https", "file", "databricks")
+# MLflow's own tracking-store schemes (mlflow/tracking/_tracking_service/utils.py), by kind;
+# a database scheme may name its driver ("postgresql+psycopg2").
+_KINDS = {
+    "sqlite": "sqlite",
+    "postgresql": "database",
+    "mysql": "database",
+    "mssql": "database",
+    "http": "http",
+    "https": "http",
+    "file": "file",
+    "databricks": "databricks",
+    "databricks-uc": "databricks",
+}
+SUPPORTED = "sqlite:///PATH.db, http(s)://HOST:PORT (an MLflow server) or a postgresql/mysql/mssql database URI"
+
+
 FAIL_FAST_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
-
-
-def uri_scheme(uri: str) -> str:
-    """The scheme of a tracking URI (``file`` for a plain folder path); the database
-    driver suffix of SQLAlchemy URIs (``postgresql+psycopg2``) is dropped."""
-    scheme, sep, _ = uri.partition("://")
-    if not sep:
-        return "file"
-    return scheme.split("+", 1)[0].lower()
 
 
 def resolve_uri(uri: str) -> str:
@@ -46,26 +55,46 @@ def resolve_uri(uri: str) -> str:
 
 def local_store_path(uri: str) -> Path | None:
     """The file or folder a local store lives in (SQLite database, file store), else None."""
-    scheme = uri_scheme(uri)
-    if scheme == "sqlite" and uri.startswith("sqlite:///"):
+    kind = classify_tracking_uri(uri)
+    if kind == "sqlite" and uri.startswith("sqlite:///"):
         return Path(uri[len("sqlite:///"):])
-    if scheme == "file":
+    if kind == "file":
         return Path(uri.removeprefix("file://"))
     return None
 
 
-def check_uri(uri: str, where: str = "tracking.uri") -> None:
-    """Refuse a URI MLflow cannot track to, before anything is started.
+def classify_tracking_uri(uri: str) -> str:
+    """``"sqlite"``, ``"database"``, ``"http"``, ``"file"`` (``file://`` or a plain path),
+    ``"databricks"`` or ``"unsupported"``."""
+    if "://" not in uri and not uri.startswith("databricks"):
+        return "file" if uri.strip() else "unsupported"
+    scheme = uri.split(":", 1)[0].split("+", 1)[0].lower()
+    return _KINDS.get(scheme, "unsupported")
+
+
+def check_tracking_uri(uri: str, where: str) -> str:
+    """The kind of ``uri`` (:func:`classify_tracking_uri`) if hpsearch can track there.
+
+    Args:
+        uri: The tracking URI.
+        where: Where it came from, for the message (``"jobs/x.yaml: tracking.uri"``, ``"--tracking-uri"``).
 
     Raises:
-        HpsearchError: An unsupported scheme.
+        HpsearchError: An unknown scheme, or a file store, which MLflow 3 refuses unless
+            ``MLFLOW_ALLOW_FILE_STORE=true`` (it is in maintenance mode).
     """
-    scheme = uri_scheme(uri)
-    if scheme not in SUPPORTED_SCHEMES:
+    kind = classify_tracking_uri(uri)
+    if kind == "unsupported":
+        scheme = uri.split("://", 1)[0] if "://" in uri else uri
+        raise HpsearchError(f"{where} {uri}: unsupported tracking URI scheme {scheme!r}; use {SUPPORTED}")
+    if kind == "file" and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("true", "1"):
+        if uri.endswith((".db", ".sqlite")) and "://" not in uri:  # a database file named as a path
+            raise HpsearchError(f"{where} {uri}: a plain path; a SQLite store is named sqlite:///{os.path.abspath(uri)}")
         raise HpsearchError(
-            f"{where} {uri}: unsupported scheme '{scheme}'; use sqlite:///FILE.db, http(s)://HOST:PORT "
-            "of an MLflow server, another database URI (postgresql://, mysql://) or a folder"
+            f"{where} {uri}: a folder (file store) is not a tracking store MLflow 3 opens; use {SUPPORTED} "
+            "(`mlflow migrate-filestore` converts an old ./mlruns; MLFLOW_ALLOW_FILE_STORE=true forces it)"
         )
+    return kind
 
 
 def check_reachable(tracking_uri: str, timeout_s: int = 5) -> None:
@@ -81,20 +110,20 @@ def check_reachable(tracking_uri: str, timeout_s: int = 5) -> None:
 
 
 def ensure_reachable(tracking_uri: str, where: str = "tracking.uri") -> None:
-    """:func:`check_uri` and :func:`check_reachable`, a failure as one line a user can act on.
+    """:func:`check_tracking_uri` and :func:`check_reachable`, a failure as one line a user can act on.
 
     Raises:
         HpsearchError: Unsupported, unreachable, or refusing.
     """
-    check_uri(tracking_uri, where)
+    check_tracking_uri(tracking_uri, where)
     try:
         check_reachable(tracking_uri)
     except Exception as exc:  # connection refused, unwritable database, a broken store ...
-        scheme = uri_scheme(tracking_uri)
-        if scheme in ("http", "https"):
+        kind = classify_tracking_uri(tracking_uri)
+        if kind == "http":
             remedy = "MLflow is not reachable; start the server or fix the URI"
         else:
-            remedy = f"MLflow cannot open this {scheme} store; check the path and its permissions"
+            remedy = f"MLflow cannot open this {kind} store; check the path and its permissions"
         raise HpsearchError(f"{where} {tracking_uri}: {remedy} ({first_line(exc)})") from None
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import mlflow
 import psutil
 import pytest
+from helpers import kill_processes
 from ray.job_submission import JobSubmissionClient
 
 from hpsearch.cluster.auth import token_env
@@ -36,17 +37,18 @@ def cluster():
     state = Path(tempfile.mkdtemp(prefix="hpc-", dir="/tmp"))  # short: Ray's socket paths
     ports = {"--port": free_port(), "--dashboard-port": free_port(), "--client-port": free_port(),
              "--mlflow-port": free_port()}
-    up = _cli(["cluster", "up", "--dir", str(state), "--workers", "1", "--cpus-per-node", "1",
-               "--object-store-mb", "150", *[str(x) for kv in ports.items() for x in kv]], timeout=240)
-    assert up.returncode == 0, up.stderr
-    cluster = LocalCluster.load(state)
-    try:
-        yield cluster
+    try:  # also a failed or timed-out `cluster up` is taken down: its raylets are daemons
+        up = _cli(["cluster", "up", "--dir", str(state), "--workers", "1", "--cpus-per-node", "1",
+                   "--object-store-mb", "150", *[str(x) for kv in ports.items() for x in kv]], timeout=240)
+        assert up.returncode == 0, up.stderr
+        yield LocalCluster.load(state)
     finally:
+        temp_dir = LocalCluster.load(state).temp_dir if (state / "cluster.json").exists() else None
         down = _cli(["cluster", "down", "--dir", str(state)], timeout=120)
-        leftovers = [p for p in psutil.process_iter(["cmdline"]) if cluster.temp_dir in " ".join(p.info["cmdline"] or [])]
+        leftovers = LocalCluster.load(state).ray_processes() if temp_dir else []
+        kill_processes(leftovers)  # whatever `down` missed must not outlive the tests either
         shutil.rmtree(state, ignore_errors=True)
-        for folder in Path("/tmp").glob(Path(cluster.temp_dir).name + "*"):
+        for folder in Path("/tmp").glob(Path(temp_dir).name + "*") if temp_dir else ():
             shutil.rmtree(folder, ignore_errors=True)
         assert down.returncode == 0 and not leftovers, (down.stderr, leftovers)
 

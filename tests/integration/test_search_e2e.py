@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import ray
+from helpers import hpsearch_process
 
 from hpsearch.metrics import compute_dice
 from hpsearch.predict import predict_path
@@ -141,19 +140,11 @@ def test_failing_trials_are_recorded_and_the_search_completes(local_ray, lv_smal
                for c in tagged)
 
 
-def _hpsearch(*args, cwd: Path) -> subprocess.Popen:
-    exe = Path(sys.executable).with_name("hpsearch")
-    return subprocess.Popen(
-        [str(exe), *map(str, args)], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, start_new_session=True, env={**os.environ, "RAY_ADDRESS": ""},
-    )
-
-
-def test_driver_killed_and_resumed(lv_small, tmp_path):
+def test_driver_killed_and_resumed(lv_small, tmp_path, spawn):
     # No early stopping here (grace period = max epochs): every trial runs 6 epochs.
     job = _write_job(tmp_path, lv_small, sampler="random", trials=6, **{"{epochs: 4,": "{epochs: 6,",
                      "max_epochs: 4, grace_period: 1": "max_epochs: 6, grace_period: 6"})
-    driver = _hpsearch("run", job, cwd=tmp_path)
+    driver = hpsearch_process(spawn, "run", job, cwd=tmp_path)
     experiment = None
     deadline = time.monotonic() + 240
     # Kill once at least one trial has finished and others are mid-way.
@@ -164,7 +155,9 @@ def test_driver_killed_and_resumed(lv_small, tmp_path):
             if _persisted_finished(experiment):
                 break
         time.sleep(0.5)
-    assert experiment is not None, driver.communicate()[0][-3000:]
+    if experiment is None:
+        driver.kill()
+        pytest.fail(f"no finished trial within 240 s: {driver.communicate()[0][-3000:]}")
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
     # "Finished" is what Ray's persisted experiment state says: a trial that ended after
@@ -172,7 +165,7 @@ def test_driver_killed_and_resumed(lv_small, tmp_path):
     done_before = {name: _result_lines(experiment / name) for name in _persisted_finished(experiment)}
     assert not (experiment / "results.json").exists()
 
-    resumed = _hpsearch("resume", experiment, cwd=tmp_path)
+    resumed = hpsearch_process(spawn, "resume", experiment, cwd=tmp_path)
     output = resumed.communicate(timeout=600)[0]
     assert resumed.returncode == 0, output[-3000:]
     results = json.loads((experiment / "results.json").read_text())

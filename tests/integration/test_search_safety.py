@@ -9,15 +9,12 @@ import multiprocessing
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import mlflow
-import pytest
 
-from helpers import snapshot
+from helpers import hpsearch_process, snapshot
 
 JOB = """\
 name: safe
@@ -34,41 +31,14 @@ storage: results
 """
 # A learning rate of 10 with leaky ReLU and cross-entropy diverges in the first epoch.
 SPACE = "learning_rate: {type: choice, values: [0.003, 10.0]}\n"
-EXE = Path(sys.executable).with_name("hpsearch")
+STEADY = "learning_rate: {type: choice, values: [0.003, 0.005]}\n"
 
 
-def _job(folder: Path, data: Path, trials: int, epochs: int) -> Path:
+def _job(folder: Path, data: Path, trials: int, epochs: int, space: str = SPACE) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "space.yaml").write_text(SPACE)
+    (folder / "space.yaml").write_text(space)
     (folder / "job.yaml").write_text(JOB.format(data=data, trials=trials, epochs=epochs))
     return folder / "job.yaml"
-
-
-class _Processes:
-    """hpsearch processes started by a test, each in its own session, all killed at the end."""
-
-    def __init__(self):
-        self.started: list[subprocess.Popen] = []
-
-    def start(self, *args, cwd: Path) -> subprocess.Popen:
-        proc = subprocess.Popen([str(EXE), *map(str, args)], cwd=cwd, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                                env={**os.environ, "RAY_ADDRESS": ""})
-        self.started.append(proc)
-        return proc
-
-    def kill_all(self):
-        for proc in self.started:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-
-
-@pytest.fixture
-def processes():
-    procs = _Processes()
-    yield procs
-    procs.kill_all()
 
 
 def _children(experiment: Path):
@@ -88,9 +58,9 @@ def _epochs_logged(experiment: Path) -> int:
     return sum(len(client.get_metric_history(r.info.run_id, "val_dice")) for r in runs)
 
 
-def test_ctrl_c_interrupts_and_resume_finishes(lv_small, tmp_path, processes):
+def test_ctrl_c_interrupts_and_resume_finishes(lv_small, tmp_path, spawn):
     job = _job(tmp_path, lv_small, trials=5, epochs=4)
-    driver = processes.start("run", job, cwd=tmp_path)
+    driver = hpsearch_process(spawn, "run", job, cwd=tmp_path)
     experiment, deadline = None, time.monotonic() + 300
     while time.monotonic() < deadline and driver.poll() is None:
         found = [p for p in (tmp_path / "results").glob("safe-*") if (p / "hpsearch-search.json").is_file()]
@@ -110,7 +80,7 @@ def test_ctrl_c_interrupts_and_resume_finishes(lv_small, tmp_path, processes):
     _, parent, _ = _children(experiment)
     assert parent.info.status == "RUNNING" and parent.data.tags["hpsearch.status"] == "interrupted"
 
-    resumed = processes.start("resume", experiment, cwd=tmp_path)
+    resumed = hpsearch_process(spawn, "resume", experiment, cwd=tmp_path)
     output = resumed.communicate(timeout=600)[0]
     assert resumed.returncode == 0, output[-3000:]
     results = json.loads((experiment / "results.json").read_text())
@@ -144,8 +114,8 @@ def _run_at(job: Path, cwd: Path, db: str, go, out):
 
 
 def test_two_searches_started_in_the_same_second_do_not_mix(lv_small, tmp_path):
-    job = _job(tmp_path, lv_small, trials=1, epochs=1)
-    import hpsearch.search.driver  # noqa: F401  (imported before the fork: both start at once)
+    job = _job(tmp_path, lv_small, trials=1, epochs=1, space=STEADY)
+    import hpsearch.search.driver  # noqa: F401,I001  (imported before the fork: both start at once)
 
     context = multiprocessing.get_context("fork")
     go, out = context.Event(), context.Queue()
@@ -179,10 +149,10 @@ def test_two_searches_started_in_the_same_second_do_not_mix(lv_small, tmp_path):
     assert len(parents) == 2
 
 
-def test_resume_refuses_a_changed_dataset_unless_accepted(lv_small, tmp_path, processes):
+def test_resume_refuses_a_changed_dataset_unless_accepted(lv_small, tmp_path, spawn):
     data = shutil.copytree(lv_small, tmp_path / "lv")
-    job = _job(tmp_path, data, trials=1, epochs=1)
-    run = processes.start("run", job, cwd=tmp_path)
+    job = _job(tmp_path, data, trials=1, epochs=1, space=STEADY)
+    run = hpsearch_process(spawn, "run", job, cwd=tmp_path)
     output = run.communicate(timeout=600)[0]
     assert run.returncode == 0, output[-3000:]
     (experiment,) = (tmp_path / "results").glob("safe-*")
@@ -193,7 +163,7 @@ def test_resume_refuses_a_changed_dataset_unless_accepted(lv_small, tmp_path, pr
     raw[len(raw) // 2] ^= 0xFF
     label.write_bytes(bytes(raw))
     before = snapshot(experiment)
-    refused = processes.start("resume", experiment, cwd=tmp_path)
+    refused = hpsearch_process(spawn, "resume", experiment, cwd=tmp_path)
     output = refused.communicate(timeout=300)[0]
     assert refused.returncode == 2, output[-3000:]
     errors = [line for line in output.splitlines() if line.startswith("hpsearch: error:")]
@@ -202,7 +172,7 @@ def test_resume_refuses_a_changed_dataset_unless_accepted(lv_small, tmp_path, pr
     assert "--accept-data-change" in errors[0]
     assert snapshot(experiment) == before  # nothing lost or overwritten
 
-    accepted = processes.start("resume", experiment, "--accept-data-change", cwd=tmp_path)
+    accepted = hpsearch_process(spawn, "resume", experiment, "--accept-data-change", cwd=tmp_path)
     output = accepted.communicate(timeout=600)[0]
     assert accepted.returncode == 0, output[-3000:]
     assert "dataset changed (1 file(s)); accepted" in output

@@ -9,22 +9,22 @@ from pathlib import Path
 import pytest
 
 from hpsearch.errors import HpsearchError
-from hpsearch.tracking.store import ensure_reachable, local_store_path, resolve_uri, uri_scheme
+from hpsearch.tracking.store import ensure_reachable, local_store_path, resolve_uri
 
 
 @pytest.mark.parametrize(
-    "uri, scheme, store",
+    "uri, store",
     [
-        ("sqlite:////abs/m.db", "sqlite", Path("/abs/m.db")),
-        ("postgresql+psycopg2://u@h/db", "postgresql", None),
-        ("http://127.0.0.1:5000", "http", None),
-        ("file:///abs/mlruns", "file", Path("/abs/mlruns")),
-        ("/abs/mlruns", "file", Path("/abs/mlruns")),
-        ("gopher://x", "gopher", None),
+        ("sqlite:////abs/m.db", Path("/abs/m.db")),
+        ("postgresql+psycopg2://u@h/db", None),
+        ("http://127.0.0.1:5000", None),
+        ("file:///abs/mlruns", Path("/abs/mlruns")),
+        ("/abs/mlruns", Path("/abs/mlruns")),
+        ("gopher://x", None),
     ],
 )
-def test_scheme_and_local_store(uri, scheme, store):
-    assert uri_scheme(uri) == scheme and local_store_path(uri) == store
+def test_local_store_path(uri, store):
+    assert local_store_path(uri) == store
 
 
 def test_relative_stores_are_pinned(tmp_path, monkeypatch):
@@ -37,7 +37,7 @@ def test_relative_stores_are_pinned(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "uri, needle",
     [
-        ("gopher://x", "tracking.uri gopher://x: unsupported scheme 'gopher'; use sqlite:///FILE.db"),
+        ("gopher://x", "tracking.uri gopher://x: unsupported tracking URI scheme 'gopher'; use sqlite:///PATH.db"),
         ("http://127.0.0.1:9", "tracking.uri http://127.0.0.1:9: MLflow is not reachable; start the server"),
         ("sqlite:////proc/nope/m.db", "MLflow cannot open this sqlite store; check the path and its permissions"),
     ],

@@ -73,11 +73,6 @@ class ExportedModel:
     def channel_names(self) -> list[str]:
         return list(self.meta["channel_names"])
 
-    @property
-    def dataset_folder(self) -> Path | None:
-        """The folder the model was trained on (see :func:`trained_on`)."""
-        return trained_on(self.meta)
-
     def predict_volume(self, image: np.ndarray, batch_size: int = 16) -> np.ndarray:
         """Segment one scan: ``(X, Y, Z)`` or ``(X, Y, Z, C)`` in, ``(X, Y, Z)`` labels out.
 

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 
 import mlflow
+import nibabel as nib
+import numpy as np
 
 from helpers import hpsearch_process, snapshot
 
@@ -159,9 +161,10 @@ def test_resume_refuses_a_changed_dataset_unless_accepted(lv_small, tmp_path, sp
     results_before = (experiment / "results.json").read_bytes()
 
     label = data / "labelsTr" / "lv_003.nii.gz"
-    raw = bytearray(label.read_bytes())
-    raw[len(raw) // 2] ^= 0xFF
-    label.write_bytes(bytes(raw))
+    image = nib.load(label)
+    voxels = np.asarray(image.dataobj).copy()
+    voxels[0, 0, 0] = 1 - voxels[0, 0, 0]  # one voxel relabelled: a valid, different label map
+    nib.save(nib.Nifti1Image(voxels, image.affine, image.header), label)
     before = snapshot(experiment)
     refused = hpsearch_process(spawn, "resume", experiment, cwd=tmp_path)
     output = refused.communicate(timeout=300)[0]

@@ -292,3 +292,8 @@ def test_train_out_inside_the_dataset_is_refused_before_training(lv_small, tmp_p
         "hpsearch never writes there, choose another folder"
     ]
     assert snapshot(root) == before and "data:" not in result.stdout
+
+
+def test_version():
+    result = run("--version")
+    assert result.returncode == 0 and result.stdout.strip().startswith("hpsearch 0.")

@@ -19,6 +19,7 @@ import pytest
 import ray
 from helpers import hpsearch_process
 
+from hpsearch.errors import HpsearchError
 from hpsearch.metrics import compute_dice
 from hpsearch.predict import predict_path
 from hpsearch.search.driver import run_search
@@ -77,6 +78,9 @@ def test_run_export_predict(local_ray, lv_small, tmp_path, monkeypatch):
     assert len(results["trials"]) == 4
     assert {t["status"] for t in results["trials"]} <= {"completed", "stopped_early"}
     assert any("best: trial" in line for line in lines)
+    # Not a terminal: the progress is one plain line per ended trial, counting to the total.
+    ended = [line for line in lines if line.startswith("  trial ") and " | " in line]
+    assert len(ended) == 4 and "4/4 ended, 0 running, best val_dice" in ended[-1], ended
     best = results["best"]
     assert best["best_value"] == max(t["best_value"] for t in results["trials"])
 
@@ -93,6 +97,8 @@ def test_run_export_predict(local_ray, lv_small, tmp_path, monkeypatch):
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"job.yaml", "search_space.yaml"} <= artifacts
 
+    with pytest.raises(HpsearchError, match=f"--out {lv_small}/model: inside the dataset folder"):
+        export_best(experiment, lv_small / "model")
     out = export_best(experiment, tmp_path / "model", register="tiny-lv", echo=lines.append)
     meta = json.loads((out / "hpsearch-model.json").read_text())
     assert meta["label_values"] == [0, 1] and meta["mlflow"]["run_id"]

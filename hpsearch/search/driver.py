@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -161,8 +162,8 @@ def _interruptible():
     A second signal stops at once (KeyboardInterrupt).
     """
     stop = _Stop()
-    if sys.platform == "win32" or not hasattr(signal, "SIGUSR1"):
-        yield stop
+    if not hasattr(signal, "SIGUSR1") or threading.current_thread() is not threading.main_thread():
+        yield stop  # no SIGUSR1 (Windows), or signals cannot be caught here: Tune's own handling
         return
 
     def handler(signum, frame):
@@ -172,11 +173,15 @@ def _interruptible():
         os.kill(os.getpid(), signal.SIGUSR1)
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    tune_own = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours forwards it
     try:
         yield stop
     finally:
-        os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        if tune_own is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = tune_own
         for sig, old in previous.items():
             signal.signal(sig, old)
 

@@ -6,10 +6,11 @@ re-logs the epochs a restored trial replays (ray#48664). Exactly once: a child's
 1, 2, ... across retries, restores and ``Tuner.restore`` by a new driver (its high-water mark
 is its latest ``training_iteration``, logged in the same ``log_batch`` as each epoch). While
 MLflow is down, writes queue up in order and are sent later; tracking never fails a search.
-Child ``hpsearch.status``: ``running``, ``completed``, ``stopped_early`` (+
-``hpsearch.stopped_at_epoch``, e.g. by ASHA) or ``failed`` (+ ``hpsearch.error``). The parent
-is FINISHED once every trial has ended; an interrupted search (Ctrl-C) stays RUNNING
-(``hpsearch.status=interrupted``) for ``Tuner.restore``, unless ``close_parent()``.
+Child ``hpsearch.status`` is an :class:`~hpsearch.outcome.Outcome` word: ``running``,
+``completed``, ``stopped_early`` (+ ``hpsearch.stopped_at_epoch``, e.g. by ASHA), ``failed``
+(+ ``hpsearch.error`` and ``hpsearch.failure``, the :mod:`hpsearch.failures` kind) or ``lost``.
+The parent is FINISHED once every trial has ended; an interrupted search (Ctrl-C) stays
+RUNNING (``hpsearch.status=interrupted``) for ``Tuner.restore``, unless ``close_parent()``.
 
 Example:
     >>> uri = "sqlite:///mlflow.db"

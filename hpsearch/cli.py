@@ -112,6 +112,22 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="print the fingerprint as JSON")
     check.set_defaults(func=_cmd_data_check)
 
+    plan = data.add_parser(
+        "plan", help="derive spacing, patch size, batch size and poolings from a dataset's fingerprint",
+        description="Plan training the way nnU-Net does: target spacing, median shape at it, and the "
+        "largest patch (with batch size >= 2) whose estimated training memory fits the budget.",
+    )
+    plan.add_argument("directory", type=Path, help="dataset folder (MSD or nnU-Net v2 layout)")
+    plan.add_argument("--dims", type=int, choices=[2, 3], default=3, help="2D slices or 3D patches (default: 3)")
+    plan.add_argument("--slice-axis", type=int, choices=[0, 1, 2],
+                      help="for --dims 2: the axis to slice along (default: the coarsest)")
+    plan.add_argument("--memory-gb", type=float, metavar="G",
+                      help="training memory budget in GiB (default: a quarter of this machine's RAM)")
+    plan.add_argument("--base-filters", type=int, default=32, metavar="N",
+                      help="filters of the U-Net's first level the estimate assumes (default: 32)")
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.set_defaults(func=_cmd_data_plan)
+
     synth = data.add_parser("synth", help="write a synthetic NIfTI dataset in MSD layout")
     synth.add_argument("--kind", required=True, choices=["lv", "brats"])
     synth.add_argument("--cases", type=int, default=24)
@@ -267,13 +283,39 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
         print(json.dumps(report.fingerprint.to_dict(), indent=2))
     else:
         print(report.format())
-    for defect in report.defects:
-        print(f"hpsearch: defect: {defect}", file=sys.stderr)
-    if report.defects:
-        print(f"hpsearch: error: {len(report.defects)} defect(s) found in {args.directory}", file=sys.stderr)
+    if _print_defects(report, args.directory):
         return EXIT_USER_ERROR
     print("no defects found")
     return 0
+
+
+def _cmd_data_plan(args: argparse.Namespace) -> int:
+    from hpsearch.data import check_dataset, make_plan
+
+    report = check_dataset(args.directory)
+    if _print_defects(report, args.directory):  # a plan from a partly read dataset would mislead
+        return EXIT_USER_ERROR
+    if args.memory_gb is not None and not args.memory_gb > 0:
+        raise HpsearchError(f"--memory-gb: must be positive, got {args.memory_gb}")
+    if args.memory_gb is None:
+        import psutil
+
+        budget = psutil.virtual_memory().total // 4
+    else:
+        budget = int(args.memory_gb * 2**30)
+    plan = make_plan(report.fingerprint, args.dims, budget, base_filters=args.base_filters,
+                     slice_axis=args.slice_axis)
+    print(json.dumps(plan.to_dict(), indent=2) if args.json else plan.format())
+    return 0
+
+
+def _print_defects(report, directory: Path) -> bool:
+    """Every defect on stderr, one line each; whether there were any."""
+    for defect in report.defects:
+        print(f"hpsearch: defect: {defect}", file=sys.stderr)
+    if report.defects:
+        print(f"hpsearch: error: {len(report.defects)} defect(s) found in {directory}", file=sys.stderr)
+    return bool(report.defects)
 
 
 def _cmd_data_synth(args: argparse.Namespace) -> int:

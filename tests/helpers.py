@@ -29,14 +29,17 @@ def write_msd(
     cases: list[tuple[np.ndarray, np.ndarray]],
     labels: dict[int, str],
     modality: dict[int, str] | None = None,
+    affines: list[np.ndarray] | None = None,
 ) -> Path:
-    """An MSD-layout dataset from (image, label) arrays."""
+    """An MSD-layout dataset from (image, label) arrays (with ``AFFINE`` unless ``affines``
+    gives one per case)."""
     modality = modality or {0: "MRI"}
     training = []
     for i, (image, label) in enumerate(cases):
         name = f"case_{i:03d}.nii.gz"
-        write_nifti(root / "imagesTr" / name, image.astype(np.float32))
-        write_nifti(root / "labelsTr" / name, label.astype(np.uint8))
+        affine = AFFINE if affines is None else affines[i]
+        write_nifti(root / "imagesTr" / name, image.astype(np.float32), affine)
+        write_nifti(root / "labelsTr" / name, label.astype(np.uint8), affine)
         training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
     manifest = {
         "name": root.name,

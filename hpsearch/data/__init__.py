@@ -1,4 +1,4 @@
-"""Datasets: NIfTI layouts, checks, preprocessing into slices, and the on-disk cache.
+"""Datasets: NIfTI layouts, checks, plans, preprocessing into slices, and the on-disk cache.
 
 The front door is :func:`load_dataset`: a job's ``dataset:`` section in, preprocessed
 :class:`PreparedData` out (generated first when synthetic and missing; cached).
@@ -17,6 +17,7 @@ from hpsearch.data.cache import dataset_digest, default_cache_dir, prepare_cache
 from hpsearch.data.check import CheckReport, Fingerprint, check_dataset
 from hpsearch.data.config import DatasetConfig, PreprocessConfig
 from hpsearch.data.layouts import CaseFiles, DatasetIndex, read_index
+from hpsearch.data.plan import Plan, make_plan
 from hpsearch.data.preprocess import (
     PreparedData,
     fit_in_plane,
@@ -36,6 +37,7 @@ __all__ = [
     "DatasetIndex",
     "Defect",
     "Fingerprint",
+    "Plan",
     "PreparedData",
     "PreprocessConfig",
     "check_dataset",
@@ -44,6 +46,7 @@ __all__ = [
     "fit_in_plane",
     "load_case",
     "load_dataset",
+    "make_plan",
     "normalize_intensities",
     "prepare_cached",
     "preprocess_label",

@@ -54,6 +54,9 @@ class Fingerprint:
     spacing_min: list[float]
     spacing_median: list[float]
     spacing_max: list[float]
+    # Per case, in the order of ``shapes``: the planner's target spacing is a
+    # percentile over cases, which min/median/max alone cannot give.
+    spacings: list[list[float]] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -178,6 +181,7 @@ class FingerprintBuilder:
             spacing_min=spacings.min(axis=0).tolist(),
             spacing_median=np.median(spacings, axis=0).tolist(),
             spacing_max=spacings.max(axis=0).tolist(),
+            spacings=[[float(v) for v in s] for s in self.spacings],
         )
 
 

@@ -1,4 +1,4 @@
-"""Segmentation model families: U-Net and the DLI lab's FCN, looked up by name.
+"""Segmentation model families: U-Net (2-D and 3-D) and the DLI lab's FCN, by name.
 
 Each family pairs a builder (a plain function of explicit arguments returning a
 ``keras.Model`` of float32 per-pixel logits) with the pydantic model of its options.
@@ -16,18 +16,26 @@ from __future__ import annotations
 
 import importlib
 
-from hpsearch.models.options import MODEL_OPTIONS, FCNOptions, UNetOptions, options_for
+from hpsearch.models.options import (
+    MODEL_OPTIONS,
+    FCNOptions,
+    UNet3DOptions,
+    UNetOptions,
+    options_for,
+)
 
 _LAZY = {
     "build_unet": "hpsearch.models.unet",
     "build_fcn": "hpsearch.models.fcn",
+    "build_unet3d": "hpsearch.models.unet3d",
     "ModelFamily": "hpsearch.models.registry",
     "MODELS": "hpsearch.models.registry",
     "get_family": "hpsearch.models.registry",
     "build_model": "hpsearch.models.registry",
 }
 
-__all__ = ["FCNOptions", "MODEL_OPTIONS", "UNetOptions", "options_for", *sorted(_LAZY)]
+__all__ = ["FCNOptions", "MODEL_OPTIONS", "UNet3DOptions", "UNetOptions", "options_for",
+           *sorted(_LAZY)]
 
 
 def __getattr__(name: str):

@@ -1,4 +1,8 @@
-"""Shared building blocks for the segmentation models.
+"""Shared building blocks for the segmentation models, in 2D and 3D.
+
+One code path serves both: the layer classes come from :func:`conv`, :func:`pool`
+and friends, chosen by the number of spatial axes of the tensor they are applied
+to, so the 2D and 3D U-Nets are the same function of their arguments.
 
 Everything here creates built-in Keras layers only (no ``Lambda``, no custom
 classes), so a model saved as ``.keras`` reloads with
@@ -33,9 +37,45 @@ PADDINGS: tuple[str, ...] = ("same", "valid")
 # dies for good.
 LEAKY_RELU_SLOPE = 0.01
 
-# ((top, bottom), (left, right)), the format ZeroPadding2D / Cropping2D take.
-Padding2D = tuple[tuple[int, int], tuple[int, int]]
-NO_PADDING: Padding2D = ((0, 0), (0, 0))
+# ((before, after), ...) per spatial axis, the format ZeroPadding2D/3D and
+# Cropping2D/3D take.
+Padding = tuple[tuple[int, int], ...]
+
+_LAYERS = {
+    2: {"conv": keras.layers.Conv2D, "conv_transpose": keras.layers.Conv2DTranspose,
+        "pool": keras.layers.MaxPooling2D, "zero_padding": keras.layers.ZeroPadding2D,
+        "cropping": keras.layers.Cropping2D},
+    3: {"conv": keras.layers.Conv3D, "conv_transpose": keras.layers.Conv3DTranspose,
+        "pool": keras.layers.MaxPooling3D, "zero_padding": keras.layers.ZeroPadding3D,
+        "cropping": keras.layers.Cropping3D},
+}
+_AXIS_NAMES = {2: "height, width", 3: "depth, height, width"}
+
+
+def _layer(kind: str, dims: int) -> type[keras.layers.Layer]:
+    if dims not in _LAYERS:
+        raise ValueError(f"only 2 or 3 spatial axes are supported, got {dims}")
+    return _LAYERS[dims][kind]
+
+
+def conv(dims: int) -> type[keras.layers.Layer]:
+    """``Conv2D`` or ``Conv3D`` for ``dims`` spatial axes."""
+    return _layer("conv", dims)
+
+
+def conv_transpose(dims: int) -> type[keras.layers.Layer]:
+    """``Conv2DTranspose`` or ``Conv3DTranspose``: the U-Net's learned up-sampling."""
+    return _layer("conv_transpose", dims)
+
+
+def pool(dims: int) -> type[keras.layers.Layer]:
+    """``MaxPooling2D`` or ``MaxPooling3D``."""
+    return _layer("pool", dims)
+
+
+def spatial_dims(x: keras.KerasTensor) -> int:
+    """Number of spatial axes of a channels-last (batch, *spatial, C) tensor."""
+    return len(x.shape) - 2
 
 
 def check_choice(kind: str, value: Any, accepted: Sequence[str]) -> str:
@@ -55,24 +95,26 @@ def check_choice(kind: str, value: Any, accepted: Sequence[str]) -> str:
     return value
 
 
-def check_input_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
-    """Validates a static ``(height, width, channels)`` input shape.
+def check_input_shape(input_shape: Sequence[int], dims: int = 2) -> tuple[int, ...]:
+    """Validates a static ``(*spatial, channels)`` input shape with ``dims`` spatial axes.
 
     Lists (as they come from YAML/JSON job files) are accepted too.
 
     Raises:
-        ValueError: Not three positive integers.
+        ValueError: Not ``dims + 1`` positive integers.
     """
+    axes = _AXIS_NAMES[dims]
     try:
         # operator.index accepts numpy integers but not floats like 64.0.
-        dims = list(input_shape)
-        shape = tuple(int(operator.index(d)) for d in dims)
-        bad = len(shape) != 3 or any(isinstance(d, bool) or d <= 0 for d in dims)
+        sizes = list(input_shape)
+        shape = tuple(int(operator.index(d)) for d in sizes)
+        bad = len(shape) != dims + 1 or any(isinstance(d, bool) or d <= 0 for d in sizes)
     except TypeError:
         bad = True
     if bad:
+        count = ("three", "four")[dims - 2]
         raise ValueError(
-            "input_shape must be three positive integers (height, width, channels), "
+            f"input_shape must be {count} positive integers ({axes}, channels), "
             f"got {input_shape!r}"
         )
     return shape  # type: ignore[return-value]
@@ -144,7 +186,7 @@ def conv_block(
     filters: int,
     kernel_size: int,
     *,
-    strides: int = 1,
+    strides: int | Sequence[int] = 1,
     padding: str,
     norm: str,
     activation: str,
@@ -156,10 +198,10 @@ def conv_block(
     redundant.
 
     Args:
-        x: Input tensor (batch, H, W, C).
+        x: Input tensor (batch, H, W, C) or (batch, D, H, W, C); picks Conv2D or Conv3D.
         filters: Output channels.
-        kernel_size: Square kernel size.
-        strides: Conv stride.
+        kernel_size: Kernel size along every spatial axis.
+        strides: Conv stride, one for all axes or one per axis.
         padding: ``"same"`` or ``"valid"``.
         norm: See :func:`norm_layer`.
         activation: See :func:`activation_layer`.
@@ -171,10 +213,10 @@ def conv_block(
     check_choice("padding", padding, PADDINGS)
     normalise = norm_layer(norm, layer_name=f"{name}_norm")
     act = activation_layer(activation, layer_name=f"{name}_act")
-    x = keras.layers.Conv2D(
+    x = conv(spatial_dims(x))(
         filters,
         kernel_size,
-        strides=strides,
+        strides=_ints(strides),
         padding=padding,
         use_bias=normalise is None,
         # He init suits (leaky) ReLU; it is what Ronneberger et al. use.
@@ -186,16 +228,24 @@ def conv_block(
     return act(x)
 
 
-def spatial_size(x: keras.KerasTensor) -> tuple[int, int]:
-    """Static (height, width) of a (batch, H, W, C) tensor.
+def _ints(value: int | Sequence[int]) -> int | tuple[int, ...]:
+    # Plain ints keep the layer configs JSON-serialisable for .keras files, even
+    # when a search space samples numpy integers.
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    return tuple(int(v) for v in value)
+
+
+def spatial_size(x: keras.KerasTensor) -> tuple[int, ...]:
+    """Static spatial size of a (batch, *spatial, C) tensor.
 
     Raises:
-        ValueError: Height or width is not static.
+        ValueError: Some spatial axis is not static.
     """
-    height, width = x.shape[1], x.shape[2]
-    if height is None or width is None:
+    size = x.shape[1:-1]
+    if any(d is None for d in size):
         raise ValueError(f"need a static spatial size, got shape {tuple(x.shape)}")
-    return int(height), int(width)
+    return tuple(int(d) for d in size)
 
 
 def split_evenly(total: int) -> tuple[int, int]:
@@ -203,68 +253,73 @@ def split_evenly(total: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-def pad2d(x: keras.KerasTensor, padding: Padding2D, *, name: str) -> keras.KerasTensor:
-    """Zero-pads by ``((top, bottom), (left, right))``; adds no layer for zero."""
-    if padding == NO_PADDING:
+def pad(x: keras.KerasTensor, padding: Padding, *, name: str) -> keras.KerasTensor:
+    """Zero-pads by ``((before, after), ...)`` per spatial axis; adds no layer for zero."""
+    if not any(any(p) for p in padding):
         return x
-    return keras.layers.ZeroPadding2D(padding, name=name)(x)
+    return _layer("zero_padding", spatial_dims(x))(tuple(padding), name=name)(x)
 
 
-def crop2d(
-    x: keras.KerasTensor, cropping: Padding2D, *, name: str, dtype: str | None = None
+def crop(
+    x: keras.KerasTensor, cropping: Padding, *, name: str, dtype: str | None = None
 ) -> keras.KerasTensor:
-    """Crops ``((top, bottom), (left, right))``; adds no layer for zero.
+    """Crops ``((before, after), ...)`` per spatial axis; adds no layer for zero.
 
     Args:
         x: Input tensor.
-        cropping: Pixels to remove from each side.
+        cropping: Pixels to remove from each side of each spatial axis.
         name: Layer name.
         dtype: Layer dtype policy. Pass ``"float32"`` after a float32 logits
             layer: under a mixed policy the crop would otherwise cast back to
             float16.
     """
-    if cropping == NO_PADDING:
+    if not any(any(c) for c in cropping):
         return x
-    return keras.layers.Cropping2D(cropping, name=name, dtype=dtype)(x)
+    return _layer("cropping", spatial_dims(x))(tuple(cropping), name=name, dtype=dtype)(x)
 
 
-def center_crop_to(x: keras.KerasTensor, size: tuple[int, int], *, name: str) -> keras.KerasTensor:
-    """Center-crops ``x`` to ``size`` (height, width), e.g. a U-Net skip.
+def center_crop_to(x: keras.KerasTensor, size: Sequence[int], *, name: str) -> keras.KerasTensor:
+    """Center-crops ``x`` to the spatial ``size``, e.g. a U-Net skip.
 
     Raises:
         ValueError: ``x`` is smaller than ``size``.
     """
-    height, width = spatial_size(x)
-    if height < size[0] or width < size[1]:
-        raise ValueError(f"cannot crop {(height, width)} to the larger {size}")
-    return crop2d(x, (split_evenly(height - size[0]), split_evenly(width - size[1])), name=name)
+    current = spatial_size(x)
+    if any(have < want for have, want in zip(current, size)):
+        raise ValueError(f"cannot crop {current} to the larger {tuple(size)}")
+    return crop(x, tuple(split_evenly(have - want) for have, want in zip(current, size)),
+                name=name)
 
 
 def pad_to_multiple(
-    x: keras.KerasTensor, multiple: int, *, name: str = "pad"
-) -> tuple[keras.KerasTensor, Padding2D]:
-    """Zero-pads height and width up to a multiple of ``multiple``.
+    x: keras.KerasTensor, multiple: int | Sequence[int], *, name: str = "pad"
+) -> tuple[keras.KerasTensor, Padding]:
+    """Zero-pads every spatial axis up to a multiple of ``multiple``.
 
     The padding is split evenly between the two sides so the image stays
-    centred; odd pixels go to the bottom/right.
+    centred; odd pixels go to the bottom/right/back.
 
     Args:
-        x: Input tensor (batch, H, W, C) with static H, W.
-        multiple: Required divisor of the padded height and width.
-        name: Name of the ZeroPadding2D layer (only added if padding is needed).
+        x: Input tensor (batch, *spatial, C) with a static spatial size.
+        multiple: Required divisor of the padded size, for all axes or per axis
+            (an anisotropic U-Net pools some axes less often).
+        name: Name of the padding layer (only added if padding is needed).
 
     Returns:
         The padded tensor and the cropping that undoes the padding, for
         :func:`crop_back`.
     """
-    check_int("multiple", multiple, 1)
-    height, width = spatial_size(x)
-    padding = (split_evenly(-height % multiple), split_evenly(-width % multiple))
-    return pad2d(x, padding, name=name), padding
+    size = spatial_size(x)
+    multiples = [multiple] * len(size) if isinstance(multiple, numbers.Integral) else multiple
+    if len(multiples) != len(size):
+        raise ValueError(f"need one multiple per spatial axis {size}, got {multiple!r}")
+    multiples = [check_int("multiple", m, 1) for m in multiples]
+    padding = tuple(split_evenly(-n % m) for n, m in zip(size, multiples))
+    return pad(x, padding, name=name), padding
 
 
 def crop_back(
-    x: keras.KerasTensor, crop: Padding2D, *, name: str = "crop", dtype: str | None = None
+    x: keras.KerasTensor, cropping: Padding, *, name: str = "crop", dtype: str | None = None
 ) -> keras.KerasTensor:
-    """Undoes :func:`pad_to_multiple` (or any padding) with a Cropping2D layer."""
-    return crop2d(x, crop, name=name, dtype=dtype)
+    """Undoes :func:`pad_to_multiple` (or any padding) with a cropping layer."""
+    return crop(x, cropping, name=name, dtype=dtype)

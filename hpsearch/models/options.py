@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Literal
 
 import pydantic
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
 
 class UNetOptions(pydantic.BaseModel):
@@ -42,7 +42,37 @@ class FCNOptions(pydantic.BaseModel):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
 
-MODEL_OPTIONS: dict[str, type[pydantic.BaseModel]] = {"unet": UNetOptions, "fcn": FCNOptions}
+# nnU-Net pools an axis by 2 or leaves it (1, an anisotropic axis waiting for the others).
+PoolFactor = Literal[1, 2]
+
+
+class UNet3DOptions(pydantic.BaseModel):
+    """3-D U-Net options; field names and defaults match :func:`build_unet3d`."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    depth: int = Field(4, ge=1, le=6)
+    base_filters: int = Field(32, ge=1, le=256)
+    padding: Literal["same", "valid"] = "same"
+    norm: Literal["none", "batch", "instance"] = "none"
+    activation: Literal["relu", "leaky_relu"] = "relu"
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    downsample: Literal["pool", "strided"] = "pool"
+    pool_sizes: list[tuple[PoolFactor, PoolFactor, PoolFactor]] | None = None
+    max_filters: int = Field(320, ge=1, le=1024)
+
+    @field_validator("pool_sizes")
+    @classmethod
+    def _one_per_level(cls, value, info: ValidationInfo):
+        depth = info.data.get("depth")  # absent if depth itself was invalid
+        if value is not None and depth is not None and len(value) != depth:
+            raise ValueError(f"needs one [d, h, w] per down-sampling, as many as depth ({depth})")
+        return value
+
+
+MODEL_OPTIONS: dict[str, type[pydantic.BaseModel]] = {
+    "unet": UNetOptions, "fcn": FCNOptions, "unet3d": UNet3DOptions,
+}
 
 
 def options_for(name: str) -> type[pydantic.BaseModel]:

@@ -23,8 +23,9 @@ import keras
 import pydantic
 
 from hpsearch.models.fcn import build_fcn
-from hpsearch.models.options import FCNOptions, UNetOptions, options_for
+from hpsearch.models.options import FCNOptions, UNet3DOptions, UNetOptions, options_for
 from hpsearch.models.unet import build_unet
+from hpsearch.models.unet3d import build_unet3d
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +46,7 @@ class ModelFamily:
 MODELS: dict[str, ModelFamily] = {
     "unet": ModelFamily("unet", build_unet, UNetOptions),
     "fcn": ModelFamily("fcn", build_fcn, FCNOptions),
+    "unet3d": ModelFamily("unet3d", build_unet3d, UNet3DOptions),
 }
 
 
@@ -64,8 +66,9 @@ def build_model(
     """Validates ``options`` against the family's options model, then builds.
 
     Args:
-        name: Registry key (``"unet"`` or ``"fcn"``).
-        input_shape: Static ``(height, width, channels)``.
+        name: Registry key (``"unet"``, ``"fcn"`` or ``"unet3d"``).
+        input_shape: Static ``(height, width, channels)``, or
+            ``(depth, height, width, channels)`` for ``"unet3d"``.
         num_classes: Number of output logits per pixel.
         **options: Family options; missing ones take the defaults.
 
@@ -82,9 +85,11 @@ __all__ = [
     "FCNOptions",
     "MODELS",
     "ModelFamily",
+    "UNet3DOptions",
     "UNetOptions",
     "build_fcn",
     "build_model",
     "build_unet",
+    "build_unet3d",
     "get_family",
 ]

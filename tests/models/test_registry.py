@@ -9,20 +9,25 @@ import hpsearch.models as models
 from hpsearch.models import (
     MODELS,
     FCNOptions,
+    UNet3DOptions,
     UNetOptions,
     build_fcn,
     build_model,
     build_unet,
+    build_unet3d,
     get_family,
 )
 
 
 def test_registry_contents():
-    assert set(MODELS) == {"unet", "fcn"}
+    assert set(MODELS) == {"unet", "fcn", "unet3d"}
+    assert get_family("unet3d").build is build_unet3d
+    assert get_family("unet3d").options is UNet3DOptions
     assert get_family("unet").build is build_unet and get_family("unet").options is UNetOptions
     assert get_family("fcn").build is build_fcn and get_family("fcn").options is FCNOptions
     assert all(family.name == name for name, family in MODELS.items())
-    for name in ("build_unet", "build_fcn", "UNetOptions", "FCNOptions", "MODELS",
+    for name in ("build_unet", "build_fcn", "build_unet3d", "UNetOptions", "FCNOptions",
+                 "UNet3DOptions", "MODELS",
                  "get_family", "build_model"):
         assert name in models.__all__
 

@@ -29,6 +29,7 @@ import numpy as np
 from hpsearch.data.check import Fingerprint
 from hpsearch.errors import HpsearchError
 from hpsearch.models.footprint import BYTES, WEIGHT_COPIES
+from hpsearch.models.options import UNet3DOptions
 
 # nnU-Net's ANISO_THRESHOLD: an axis is "coarse" when its spacing exceeds 3x the others'
 # and it holds fewer than a third of their voxels.
@@ -46,8 +47,9 @@ MIN_BATCH_SIZE = 2
 MAX_DATASET_COVERED = 0.05
 # nnU-Net's UNet_max_features_2d / _3d: filters stop doubling there; deep levels would
 # otherwise dominate the weights while adding little.
-MAX_FILTERS = {2: 512, 3: 320}
-DEFAULT_BASE_FILTERS = 32  # nnU-Net's UNet_base_num_features
+# The 3D value and the base are the 3D U-Net's own defaults (one owner: its options).
+MAX_FILTERS = {2: 512, 3: UNet3DOptions.model_fields["max_filters"].default}
+DEFAULT_BASE_FILTERS = UNet3DOptions.model_fields["base_filters"].default  # nnU-Net's UNet_base_num_features
 
 # Feature-map values a U-Net keeps per voxel and filter of a level for the backward
 # pass, counting every layer output as hpsearch.models.footprint does: the encoder's two

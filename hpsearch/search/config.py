@@ -31,6 +31,7 @@ class SearchConfig(_Section):
     seed: Seed of the sampler; the same seed proposes the same configurations.
     max_failures: Retries of a failed trial (from its last checkpoint) before it
         is recorded as failed.
+    dashboard: Write the search's dashboard (``hpsearch dashboard``) when it ends.
     """
 
     sampler: Literal["tpe", "random", "cmaes", "qmc", "gp"] = "tpe"
@@ -40,6 +41,7 @@ class SearchConfig(_Section):
     mode: Literal["max", "min"] | None = None
     seed: int = 0
     max_failures: int = Field(1, ge=0, le=100)
+    dashboard: bool = True
 
     @model_validator(mode="after")
     def _mode_follows_metric(self):

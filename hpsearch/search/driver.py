@@ -144,7 +144,8 @@ def _finish(tuner: tune.Tuner, experiment: Experiment, echo: Echo) -> Path:
         shown = ", ".join(f"{k}={results_mod.format_value(v)}" for k, v in sorted(best.params.items()))
         echo(f"best: trial {best.trial_id} {job.search.metric}={best.best_value:.4f} at epoch "
              f"{best.best_epoch} with {shown}")
-    _write_dashboard(experiment.path, echo)
+    if job.search.dashboard:
+        _write_dashboard(experiment.path, echo)
     return experiment.path
 
 

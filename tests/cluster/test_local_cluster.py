@@ -181,7 +181,8 @@ def _cli(args: list[str], cluster: LocalCluster | None = None, timeout: float = 
 
 def _sets(cluster: LocalCluster, data: Path, experiment: str) -> list[str]:
     values = [f"dataset.path={data}", "dataset.image_size=[32,32]", "dataset.val_fraction=0.25",
-              "search.num_trials=4", "search.max_failures=2", "scheduler.max_epochs=6", "scheduler.grace_period=2",
+              "search.num_trials=4", "search.max_failures=2", "search.dashboard=false", "scheduler.max_epochs=6",
+              "scheduler.grace_period=2",
               f"storage.path={cluster.state_dir / 'results'}", "storage.shared=true",
               f"tracking.uri={cluster.mlflow_uri}", f"tracking.experiment={experiment}"]
     return [word for value in values for word in ("--set", value)]

@@ -21,7 +21,7 @@ model: unet
 params: {{epochs: 3, depth: 1, base_filters: 4, batch_size: 8}}
 runtime: {{gpu_memory_growth: true}}
 search_space: space.yaml
-search: {{sampler: random, num_trials: 2, max_concurrent: 2, seed: 0}}
+search: {{sampler: random, num_trials: 2, max_concurrent: 2, seed: 0, dashboard: false}}
 scheduler: {{type: none, max_epochs: 3}}
 resources: {{cpus_per_trial: 1, gpus_per_trial: 0.5}}
 tracking: {{uri: sqlite:///mlflow.db}}

@@ -31,7 +31,7 @@ dataset: {{path: {data}, image_size: [32, 32], val_fraction: 0.25}}
 model: unet
 params: {{epochs: 4, depth: 2, base_filters: 8, batch_size: 4, learning_rate: 3.0e-3, decay_steps: 50}}
 search_space: space.yaml
-search: {{sampler: {sampler}, num_trials: {trials}, max_concurrent: 2, seed: 0, max_failures: 1}}
+search: {{sampler: {sampler}, num_trials: {trials}, max_concurrent: 2, seed: 0, max_failures: 1, dashboard: false}}
 scheduler: {{type: asha, max_epochs: 4, grace_period: 1, reduction_factor: 2}}
 resources: {{cpus_per_trial: 1}}
 tracking: {{uri: sqlite:///mlflow.db}}
@@ -78,6 +78,7 @@ def test_run_export_predict(local_ray, lv_small, tmp_path, monkeypatch):
     assert len(results["trials"]) == 4
     assert {t["status"] for t in results["trials"]} <= {"completed", "stopped_early"}
     assert any("best: trial" in line for line in lines)
+    assert not (experiment / "dashboard").exists()  # search.dashboard: false
     # Not a terminal: the progress is one plain line per ended trial, counting to the total.
     ended = [line for line in lines if line.startswith("  trial ") and " | " in line]
     assert len(ended) == 4 and "4/4 ended, 0 running, best val_dice" in ended[-1], ended

@@ -25,7 +25,7 @@ model: unet
 params: {{epochs: {epochs}, depth: 2, base_filters: 4, batch_size: 4, learning_rate: 3.0e-3, activation: leaky_relu,
           loss: ce}}
 search_space: space.yaml
-search: {{sampler: random, num_trials: {trials}, max_concurrent: 2, seed: 0, max_failures: 1}}
+search: {{sampler: random, num_trials: {trials}, max_concurrent: 2, seed: 0, max_failures: 1, dashboard: false}}
 scheduler: {{type: none, max_epochs: {epochs}, grace_period: 1}}
 resources: {{cpus_per_trial: 1}}
 tracking: {{uri: sqlite:///mlflow.db}}

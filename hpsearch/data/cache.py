@@ -109,8 +109,7 @@ def _file_digest(path: Path, memo: dict[str, str]) -> str:
     stat = path.stat()
     key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
     if key not in memo:
-        with path.open("rb") as handle:
-            memo[key] = hashlib.file_digest(handle, "sha256").hexdigest()
+        memo[key] = _sha256(path)
     return memo[key]
 
 
@@ -205,12 +204,7 @@ def prepare_cached(
     cache_dir = Path(cache_dir or default_cache_dir())
     refuse_inside(cache_dir, index.root, "dataset.cache_dir")
     cache_dir.mkdir(parents=True, exist_ok=True)
-    memo_path = cache_dir / "file-digests.json"
-    memo = _read_memo(memo_path)
-    known = len(memo)
-    digest = dataset_digest(index, memo)
-    if len(memo) != known:
-        _write_memo(memo_path, memo)
+    digest = digest_of_files(cached_file_digests(index, cache_dir))
     # Named by content alone: the same data in another folder shares the entry.
     entry = cache_dir / f"prepared-{cache_key(digest, config)}"
     hit = entry.is_dir() and entry_problem(entry) is None

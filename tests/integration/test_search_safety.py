@@ -10,13 +10,14 @@ import os
 import shutil
 import signal
 import time
+import uuid
 from pathlib import Path
 
 import mlflow
 import nibabel as nib
 import numpy as np
 
-from helpers import hpsearch_process, snapshot
+from helpers import SPAWN_TAG, hpsearch_process, kill_processes, snapshot, tagged_processes
 
 JOB = """\
 name: safe
@@ -115,12 +116,14 @@ def _run_at(job: Path, cwd: Path, db: str, go, out):
         out.put(f"error: {exc!r}")
 
 
-def test_two_searches_started_in_the_same_second_do_not_mix(lv_small, tmp_path):
+def test_two_searches_started_in_the_same_second_do_not_mix(lv_small, tmp_path, monkeypatch):
     job = _job(tmp_path, lv_small, trials=1, epochs=1, space=STEADY)
     # Spawned, not forked: this process may have run a Ray already (gRPC does not survive a
     # fork). Each child imports everything first, then both wait for one signal to start.
     context = multiprocessing.get_context("spawn")
-    go, out = context.Event(), context.Queue()
+    go, out = context.Event(), context.Queue()  # (starts multiprocessing's tracker, untagged)
+    tag = uuid.uuid4().hex  # inherited by the children and their local Rays: all killed at the end
+    monkeypatch.setenv(SPAWN_TAG, tag)
     procs = [context.Process(target=_run_at, args=(job, tmp_path, db, go, out)) for db in ("a.db", "b.db")]
     try:
         for proc in procs:
@@ -134,8 +137,7 @@ def test_two_searches_started_in_the_same_second_do_not_mix(lv_small, tmp_path):
     finally:
         for proc in procs:
             proc.join(timeout=60)
-            if proc.is_alive():
-                proc.kill()
+        kill_processes(tagged_processes(tag))
     assert folders[0] != folders[1], folders
     assert folders[1].name == f"{folders[0].name}-2", "the test means both to start in the same second"
     parents = set()

@@ -62,7 +62,8 @@ def sliding_window_tiles(
     for n, p in zip(shape, patch):
         steps = int(np.ceil((n - p) / (p * (1 - overlap)))) + 1 if n > p else 1
         stride = (n - p) / (steps - 1) if steps > 1 else 0
-        per_axis.append([int(round(stride * i)) for i in range(steps)])
+        # Unique: a one-voxel patch axis (2D networks on volumes) would repeat every start.
+        per_axis.append(sorted({int(round(stride * i)) for i in range(steps)}))
     return list(itertools.product(*per_axis))
 
 
@@ -124,6 +125,58 @@ def sliding_window_predict(
             total[w] += out * weights[..., None]
             weight_sum[w] += weights
     return total[crop] / weight_sum[crop][..., None]
+
+
+def predict_case(
+    image: np.ndarray,
+    predict_batch: Callable[[np.ndarray], np.ndarray],
+    patch_size: Sequence[int],
+    num_classes: int,
+    *,
+    slice_axis: int | None = None,
+    overlap: float = 0.5,
+    batch_size: int = 8,
+    mirror: bool = False,
+) -> np.ndarray:
+    """Logits of a whole preprocessed case from a 2D or 3D patch network.
+
+    Args:
+        image: ``(C, X, Y, Z)``, channels first, as :mod:`hpsearch.data.volume_data` keeps cases.
+        predict_batch: ``(N, *patch_size, C)`` to ``(N, *patch_size, num_classes)``.
+        patch_size: 3 sizes for a 3D network; 2 for a 2D one, which then sees the case
+            slice by slice along ``slice_axis``.
+        num_classes: Output channels.
+        slice_axis: For a 2D network, the voxel axis its slices are taken along.
+        overlap, batch_size: As :func:`sliding_window_predict`.
+        mirror: Test-time mirroring along every axis the network sees.
+
+    Returns:
+        ``(X, Y, Z, num_classes)`` float32 logits, on the case's grid.
+
+    A 2D network runs as a 3D sliding window with a one-slice patch: every slice is
+    predicted once, with the same tiles, weights and batching as in 3D.
+
+    Example:
+        >>> case = np.random.default_rng(0).random((1, 9, 7, 5), np.float32)
+        >>> out = predict_case(case, lambda x: x, (4, 4), 1, slice_axis=2)
+        >>> out.shape, bool(np.allclose(out[..., 0], case[0], atol=1e-6))
+        ((9, 7, 5, 1), True)
+    """
+    patch = tuple(int(p) for p in patch_size)
+    volume = np.moveaxis(np.asarray(image, np.float32), 0, -1)  # (X, Y, Z, C)
+    if len(patch) == 3:
+        axes = (0, 1, 2) if mirror else ()
+        return sliding_window_predict(volume, predict_batch, patch, num_classes, overlap, batch_size, axes)
+    if len(patch) != 2 or slice_axis not in (0, 1, 2):
+        raise HpsearchError(f"a 2D patch {patch} needs a slice axis 0, 1 or 2, got {slice_axis!r}")
+    stacked = np.moveaxis(volume, slice_axis, 0)  # slices first; the two other axes keep their order
+
+    def per_slice(batch: np.ndarray) -> np.ndarray:  # (N, 1, h, w, C) <-> (N, h, w, K)
+        return np.asarray(predict_batch(batch[:, 0]))[:, None]
+
+    logits = sliding_window_predict(stacked, per_slice, (1, *patch), num_classes, overlap, batch_size,
+                                    (1, 2) if mirror else ())
+    return np.moveaxis(logits, 0, slice_axis)
 
 
 def _mirrored_predict(predict_batch, batch, mirror_axes, num_classes) -> np.ndarray:

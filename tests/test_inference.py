@@ -9,7 +9,7 @@ import pytest
 from scipy import ndimage
 
 from hpsearch.errors import HpsearchError
-from hpsearch.inference import gaussian_importance, sliding_window_predict, sliding_window_tiles
+from hpsearch.inference import gaussian_importance, predict_case, sliding_window_predict, sliding_window_tiles
 
 
 @pytest.mark.parametrize("shape, patch, overlap, starts", [
@@ -107,3 +107,30 @@ def test_bad_arguments_are_one_clear_error(kwargs, match):
     args = {"num_classes": 1, **kwargs}
     with pytest.raises(HpsearchError, match=match):
         sliding_window_predict(np.zeros((9, 9, 9, 1), np.float32), _identity, **args)
+
+
+def test_a_one_voxel_patch_axis_visits_each_slice_once():
+    assert sliding_window_tiles((5, 8), (1, 8)) == [(i, 0) for i in range(5)]
+
+
+@pytest.mark.parametrize("slice_axis", [0, 1, 2])
+def test_predict_case_2d_keeps_the_case_grid(slice_axis):
+    case = np.random.default_rng(1).random((2, 9, 7, 6), np.float32)
+    patch = [4, 4, 4]
+    del patch[slice_axis]
+    seen = []
+
+    def model(batch):
+        seen.append(batch.shape)
+        return batch[..., :1] * 2
+
+    out = predict_case(case, model, patch, 1, slice_axis=slice_axis, mirror=True)
+    assert out.shape == (9, 7, 6, 1)
+    np.testing.assert_allclose(out[..., 0], case[0] * 2, atol=1e-5)
+    assert all(s[1:] == (4, 4, 2) for s in seen)
+
+
+def test_predict_case_3d_matches_the_sliding_window():
+    case = np.random.default_rng(2).random((1, 10, 9, 8), np.float32)
+    out = predict_case(case, lambda x: x, (4, 4, 4), 1)
+    np.testing.assert_allclose(out[..., 0], case[0], atol=1e-5)

@@ -100,6 +100,9 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("model", type=Path, help="folder written by `hpsearch export`")
     predict.add_argument("input", type=Path, help="a NIfTI file or a folder of them")
     predict.add_argument("output", type=Path, help="output file (for a file) or new folder (for a folder)")
+    predict.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=None,
+                         help="test-time mirroring (models trained on patches; 2-8x slower); "
+                              "default: as validated during the search (off)")
     predict.set_defaults(func=_cmd_predict)
 
     add_cluster_commands(commands)
@@ -160,20 +163,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     data, from_cache = load_dataset(job.dataset)
     info = data.info
-    print(
-        f"data: {len(data.train_x)} training slices from {len(info['train_cases'])} cases, "
-        f"{len(data.val_x)} validation slices from {len(info['val_cases'])} cases, "
-        f"input {data.input_shape}, classes {data.class_names} "
-        f"({'cache' if from_cache else 'preprocessed'} in {time.perf_counter() - started:.1f}s)",
-        flush=True,
-    )
+    print(f"data: {data.summary()} ({'cache' if from_cache else 'preprocessed'} in "
+          f"{time.perf_counter() - started:.1f}s)", flush=True)
     configure_tensorflow(runtime)
     from hpsearch.trainer import Trainer
 
-    trainer = Trainer(data, job.model, job.trial_params(), seed=runtime.seed)
+    trainer = Trainer(data, job.model, job.trial_params(), seed=runtime.seed, augment=job.augment,
+                      workers=runtime.loader_workers)
     shown = ", ".join(f"{k}={v}" for k, v in trainer.params.model_dump().items())
-    print(f"train: {job.model} ({trainer.model.count_params():,} weights) with {shown}", flush=True)
-    trainer.fit(on_epoch=lambda result: print(result.format(), flush=True))
+    print(f"train: {trainer.model_name} ({trainer.model.count_params():,} weights) with {shown}", flush=True)
+    try:
+        trainer.fit(on_epoch=lambda result: print(result.format(), flush=True))
+    finally:
+        trainer.close()
     best = next(h for h in trainer.history if h["epoch"] == trainer.best_epoch)
     per_class = ", ".join(f"{k[9:]}={v:.4f}" for k, v in best.items() if k.startswith("val_dice_"))
     print(f"best epoch {trainer.best_epoch}: val_dice {trainer.best_val_dice:.4f} ({per_class})")
@@ -257,7 +259,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     quiet_tensorflow()
     from hpsearch.predict import predict_path
 
-    for path in predict_path(args.model, args.input, args.output):
+    for path in predict_path(args.model, args.input, args.output, mirror=args.mirror):
         print(f"wrote {path}")
     return 0
 

@@ -7,9 +7,10 @@ everything prediction needs and nothing it must not trust:
 * ``model.keras``: the network with the weights of its best-Dice epoch, built from
   built-in Keras layers only, so it loads with ``safe_mode=True`` (no pickled code);
 * ``hpsearch-model.json``: the model family and hyperparameters, the exact
-  preprocessing (slice axis, in-plane size, resize and normalisation modes), the
-  channel names, class names and *original* label values (BraTS 0, 1, 2, 4), the
-  validation Dice, and provenance (dataset folder and digest, time, hpsearch version,
+  preprocessing (slice mode: slice axis, in-plane size, resize and normalisation modes;
+  patch mode: the plan with target spacing, patch size and dims, the normalisation and
+  its intensity statistics, and how to slide windows), the channel names, class names
+  and *original* label values (BraTS 0, 1, 2, 4), the validation Dice, and provenance (dataset folder and digest, time, hpsearch version,
   and any ``extra`` such as MLflow run ids). Prediction refuses to write into the
   dataset folder named there.
 
@@ -34,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hpsearch.errors import HpsearchError
+from hpsearch.network import input_shape
 
 if TYPE_CHECKING:
     import keras
@@ -42,7 +44,7 @@ if TYPE_CHECKING:
 # imported inside the functions: `predict` and `export` read this module's constants and
 # check their inputs before paying for TensorFlow.
 
-EXPORT_FORMAT = 1
+EXPORT_FORMAT = 1  # patch-mode exports add keys (plan, volume_config, ...); slice-mode ones are unchanged
 MODEL_FILE = "model.keras"
 META_FILE = "hpsearch-model.json"
 
@@ -96,8 +98,7 @@ def export_model(
         )
 
     model, params = model_from_checkpoint(checkpoint_dir, state, data_info)
-    preprocess = dict(data_info["preprocess"])
-    input_shape = (*(int(s) for s in preprocess["image_size"]), len(data_info["channel_names"]))
+    shape = input_shape(data_info)
 
     meta: dict[str, Any] = {
         "format_version": EXPORT_FORMAT,
@@ -106,8 +107,8 @@ def export_model(
         "channel_names": list(data_info["channel_names"]),
         "class_names": list(data_info["class_names"]),
         "label_values": [int(v) for v in data_info["label_values"]],
-        "preprocess": preprocess,
-        "input_shape": list(input_shape),
+        **_preprocessing(data_info),
+        "input_shape": list(shape),
         "best_val_dice": state.get("best_val_dice"),
         "best_epoch": state.get("best_epoch"),
         "epochs_trained": state.get("epoch"),
@@ -126,7 +127,7 @@ def export_model(
     partial.mkdir()
     try:
         model.save(partial / MODEL_FILE)  # never compiled: no optimizer state inside
-        _verify_reload(model, partial / MODEL_FILE, input_shape)
+        _verify_reload(model, partial / MODEL_FILE, shape)
         # default=str: extra may carry Paths or datetimes from a fingerprint or tracker.
         (partial / META_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
         if out_dir.exists():
@@ -154,20 +155,18 @@ def model_from_checkpoint(checkpoint_dir: Path, state: dict, data_info: dict) ->
     """
     import keras
 
-    from hpsearch.models import build_model
+    from hpsearch.network import build_network
     from hpsearch.params import model_options, validate_params
     from hpsearch.trainer import BEST_WEIGHTS_FILE, load_arrays
 
     params = validate_params(state["model"], state["params"])
-    preprocess = dict(data_info["preprocess"])
-    input_shape = (*(int(s) for s in preprocess["image_size"]), len(data_info["channel_names"]))
-    num_classes = len(data_info["label_values"])
+    shape, num_classes = input_shape(data_info), len(data_info["label_values"])
     # Built in float32 even in a mixed-precision process: users predict on any CPU, where
     # float16 compute is slow or unsupported. The checkpoint's variables are float32 anyway.
     policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")
     try:
-        model = build_model(state["model"], input_shape, num_classes, **model_options(params))
+        model = build_network(state["model"], model_options(params), data_info)
     finally:
         keras.mixed_precision.set_global_policy(policy)
     weights = load_arrays(checkpoint_dir / BEST_WEIGHTS_FILE)
@@ -175,10 +174,24 @@ def model_from_checkpoint(checkpoint_dir: Path, state: dict, data_info: dict) ->
     if [tuple(w.shape) for w in weights] != expected:
         raise HpsearchError(
             f"{checkpoint_dir / BEST_WEIGHTS_FILE}: weights do not fit a {state['model']} for input "
-            f"{input_shape} and {num_classes} classes; is data_info the training data's?"
+            f"{shape} and {num_classes} classes; is data_info the training data's?"
         )
     model.set_weights(weights)
     return model, params
+
+
+def _preprocessing(data_info: dict) -> dict[str, Any]:
+    """What prediction must repeat: the slice settings, or the plan and patch-mode settings."""
+    from hpsearch.segment import OVERLAP
+
+    if not data_info.get("plan"):
+        return {"preprocess": dict(data_info["preprocess"])}
+    return {
+        "plan": dict(data_info["plan"]),
+        "volume_config": dict(data_info["volume_config"]),
+        "intensity": dict(data_info.get("intensity") or {}),
+        "inference": {"overlap": OVERLAP, "mirror": False},
+    }
 
 
 def _verify_reload(model: keras.Model, path: Path, input_shape: tuple[int, ...]) -> None:

@@ -27,9 +27,10 @@ from hpsearch.data.config import PreprocessConfig
 from hpsearch.data.guard import is_inside, refuse_inside
 from hpsearch.data.layouts import NIFTI_ENDINGS
 from hpsearch.data.preprocess import fit_in_plane, preprocess_volume
-from hpsearch.data.volumes import AFFINE_TOLERANCE_MM
+from hpsearch.data.volumes import AFFINE_TOLERANCE_MM, header_spacing
 from hpsearch.errors import HpsearchError
 from hpsearch.export import EXPORT_FORMAT, META_FILE, MODEL_FILE
+from hpsearch.segment import keras_logits, segment_scan
 
 if TYPE_CHECKING:
     import keras
@@ -73,14 +74,33 @@ class ExportedModel:
     def channel_names(self) -> list[str]:
         return list(self.meta["channel_names"])
 
-    def predict_volume(self, image: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    @property
+    def patch_mode(self) -> bool:
+        """Trained on patches: predicts by sliding window at the plan's spacing."""
+        return bool(self.meta.get("plan"))
+
+    def predict_volume(
+        self,
+        image: np.ndarray,
+        spacing: tuple[float, float, float] | None = None,
+        batch_size: int = 16,
+        mirror: bool | None = None,
+    ) -> np.ndarray:
         """Segment one scan: ``(X, Y, Z)`` or ``(X, Y, Z, C)`` in, ``(X, Y, Z)`` labels out.
+
+        Args:
+            image: The scan's voxels.
+            spacing: Its voxel size in mm (the NIfTI header's zooms); needed by models
+                trained on patches, which resample to their target spacing.
+            batch_size: Slices or windows per network call.
+            mirror: Test-time mirroring (patch mode); default the export's setting.
 
         Returns:
             Original label values (``uint8`` when all are below 256, else ``int16``).
 
         Raises:
-            HpsearchError: Wrong number of channels, or NaN/infinite voxels.
+            HpsearchError: Wrong number of channels, NaN/infinite voxels, or no spacing
+                for a patch-mode model.
         """
         image = np.asarray(image)
         names = self.channel_names
@@ -93,6 +113,13 @@ class ExportedModel:
             )
         if not np.isfinite(image).all():
             raise HpsearchError("image holds NaN or infinite voxels")
+        if self.patch_mode:
+            if spacing is None:
+                raise HpsearchError("this model was trained on patches at a target spacing; give the scan's spacing")
+            mirror = self.meta.get("inference", {}).get("mirror", False) if mirror is None else mirror
+            classes = segment_scan(image.astype(np.float32), spacing, keras_logits(self.model), self.meta,
+                                   batch_size=batch_size, mirror=mirror)
+            return to_label_values(classes, self.meta["label_values"])
         config = PreprocessConfig(**self.meta["preprocess"])
         slices = preprocess_volume(image.astype(np.float32), config)
         original = np.moveaxis(image[..., 0], config.slice_axis, 0).shape[1:]
@@ -156,7 +183,7 @@ def trained_on(meta: dict) -> Path | None:
     return Path(recorded) if isinstance(recorded, str) and Path(recorded).is_absolute() else None
 
 
-def predict_path(model_dir: Path, input_path: Path, output_path: Path) -> list[Path]:
+def predict_path(model_dir: Path, input_path: Path, output_path: Path, *, mirror: bool | None = None) -> list[Path]:
     """Segment a NIfTI file, or every case in a folder, into new label files.
 
     A folder's ``.nii``/``.nii.gz`` files are cases; for a multi-channel model,
@@ -198,7 +225,8 @@ def predict_path(model_dir: Path, input_path: Path, output_path: Path) -> list[P
     for (files, out), images in zip(jobs, opened):
         volumes = [_voxels(path, image) for path, image in zip(files, images)]
         try:
-            labels = exported.predict_volume(volumes[0] if len(volumes) == 1 else np.stack(volumes, axis=-1))
+            labels = exported.predict_volume(volumes[0] if len(volumes) == 1 else np.stack(volumes, axis=-1),
+                                             spacing=header_spacing(images[0]), mirror=mirror)
         except HpsearchError as exc:
             raise HpsearchError(f"{files[0]}: {exc}") from None
         _write_labels(out, labels, images[0])

@@ -50,6 +50,8 @@ class RuntimeConfig(BaseModel):
         memory_limit_mb: The memory one trial may use for training (default: its share
             of the machine, total memory x its CPUs / all CPUs). A configuration whose
             estimated footprint exceeds it fails at once, as ``invalid_config``.
+        loader_workers: Background processes making augmented training patches while the
+            model trains (patch mode); 0 makes them in the training process.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -60,6 +62,7 @@ class RuntimeConfig(BaseModel):
     mixed_precision: bool = False
     gpu_memory_growth: bool = True
     memory_limit_mb: int | None = Field(None, ge=1)
+    loader_workers: int = Field(1, ge=0, le=64)
 
 
 def quiet_tensorflow() -> None:
@@ -112,6 +115,27 @@ def gpu_total_memory_mb(index: int) -> float | None:
         return float(done.stdout.split()[0])
     except (OSError, subprocess.SubprocessError, ValueError, IndexError):
         return None
+
+
+def trial_memory_bytes(runtime: RuntimeConfig, cpus_per_trial: float, gpus_per_trial: float = 0) -> int:
+    """The memory one trial may train in: what plans patches and batches and what the fit
+    check holds a configuration against.
+
+    ``runtime.memory_limit_mb`` when set; on GPUs the trial's share of a device
+    (:func:`gpu_total_memory_mb` of the first device this process sees, times
+    ``gpus_per_trial``, less the CUDA context); otherwise the trial's share of this
+    machine's RAM by CPUs (two 1-CPU trials on 2 cores get half each).
+    """
+    if runtime.memory_limit_mb:
+        return runtime.memory_limit_mb * 2**20
+    if gpus_per_trial > 0 and (total := gpu_total_memory_mb(0)) is not None:
+        share = total * min(1.0, gpus_per_trial) - CUDA_CONTEXT_MB
+        if share >= MIN_TRIAL_GPU_MB:
+            return int(share * 2**20)
+    import psutil
+
+    share = cpus_per_trial / (os.cpu_count() or 1)
+    return int(psutil.virtual_memory().total * min(1.0, share))
 
 
 def gpu_memory_caps(

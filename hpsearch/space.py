@@ -9,8 +9,10 @@ A search space maps hyperparameter names to distributions::
 
 Types: ``uniform`` and ``loguniform`` (floats), ``int`` (optionally ``log: true``),
 ``choice`` (any values). Every name must be a hyperparameter of the job's model
-family, and every bound or choice a value that family accepts, so a typo or a depth
-of 9 fails here, naming the file and key, not in trial 7 an hour later.
+family, or ``augment.<key>`` for a key of the job's ``augment:`` section (so a search
+finds how much augmentation a dataset wants), and every bound or choice a value that
+family or section accepts, so a typo or a depth of 9 fails here, naming the file and
+key, not in trial 7 an hour later.
 
 Example:
     >>> space = parse_space({"depth": {"type": "int", "low": 2, "high": 4}}, "unet", "s.yaml")
@@ -34,6 +36,7 @@ from pydantic import (
     model_validator,
 )
 
+from hpsearch.data.augment import AugmentConfig
 from hpsearch.errors import HpsearchError
 from hpsearch.files import format_validation_error, read_yaml
 from hpsearch.params import params_model
@@ -99,6 +102,7 @@ class Choice(_Dist):
 
 Distribution = Annotated[Union[Uniform, LogUniform, IntRange, Choice], Field(discriminator="type")]
 _SPACE = TypeAdapter(dict[str, Distribution])
+AUGMENT = "augment."  # search-space names of the job's augment: keys
 
 
 def _check_order(dist):
@@ -126,16 +130,18 @@ def parse_space(raw: dict[str, Any], model: str, source: str | Path) -> dict[str
         space = _SPACE.validate_python(raw)
     except ValidationError as exc:
         raise HpsearchError(format_validation_error(Path(source), exc)) from None
-    accepted = params_model(model)
+    params = params_model(model)
     problems = []
     for name, dist in space.items():
-        if name not in accepted.model_fields:
+        accepted, key = (AugmentConfig, name[len(AUGMENT):]) if name.startswith(AUGMENT) else (params, name)
+        if key not in accepted.model_fields:
+            takes = sorted(params.model_fields) + [f"{AUGMENT}<{', '.join(sorted(AugmentConfig.model_fields))}>"]
             problems.append(f"{source}: {name}: not a hyperparameter of model '{model}' (it takes: "
-                            f"{', '.join(sorted(accepted.model_fields))})")
+                            f"{', '.join(takes)})")
             continue
         for value in _extremes(dist):
             try:
-                accepted.model_validate({name: value})
+                accepted.model_validate({key: value})
             except ValidationError as exc:
                 error = exc.errors()[0]
                 if error["type"] == "int_from_float":  # a float range for an integer parameter
@@ -148,6 +154,18 @@ def parse_space(raw: dict[str, Any], model: str, source: str | Path) -> dict[str
     if problems:
         raise HpsearchError("\n".join(problems))
     return space
+
+
+def split_config(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A trial's configuration as (hyperparameters, ``augment:`` overrides).
+
+    Example:
+        >>> split_config({"depth": 3, "augment.elastic_p": 0.1})
+        ({'depth': 3}, {'elastic_p': 0.1})
+    """
+    params = {k: v for k, v in config.items() if not k.startswith(AUGMENT)}
+    augment = {k[len(AUGMENT):]: v for k, v in config.items() if k.startswith(AUGMENT)}
+    return params, augment
 
 
 def _extremes(dist) -> list[Any]:

@@ -27,9 +27,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from hpsearch.data.augment import AugmentConfig
 from hpsearch.data.config import DatasetConfig
 from hpsearch.errors import HpsearchError
 from hpsearch.files import format_validation_error, read_yaml
+from hpsearch.network import family
 from hpsearch.params import validate_params
 from hpsearch.runtime import RuntimeConfig
 from hpsearch.search.config import (
@@ -47,9 +49,12 @@ class Job(BaseModel):
     Attributes:
         name: Identifier used for output folders and MLflow experiments.
         dataset: Data location and preprocessing.
-        model: Model family: ``unet`` or ``fcn``.
+        model: Model family: ``unet`` or ``fcn``; ``unet`` on 3D patches
+            (``dataset.dims: 3``) is the 3D U-Net (see :attr:`family`).
         params: Default hyperparameters (training and model options, flat); a search
             varies those named in the search space and keeps the others.
+        augment: Augmentation of training patches (patch mode); a search space may
+            vary any key as ``augment.<key>``.
         runtime: Threads, precision, seed.
         search_space: YAML file of distributions (needed by ``hpsearch run``).
         search: Sampler, number of trials, concurrency, metric.
@@ -66,6 +71,7 @@ class Job(BaseModel):
     dataset: DatasetConfig
     model: Literal["unet", "fcn"]
     params: dict[str, Any] = Field(default_factory=dict)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     search_space: Path | None = None
     search: SearchConfig = Field(default_factory=SearchConfig)
@@ -74,9 +80,14 @@ class Job(BaseModel):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
 
+    @property
+    def family(self) -> str:
+        """The model family built: ``model``, or ``unet3d`` for ``unet`` on 3D patches."""
+        return family(self.model, self.dataset.dims)
+
     def trial_params(self) -> BaseModel:
         """The job's hyperparameters with every default filled in."""
-        return validate_params(self.model, self.params)
+        return validate_params(self.family, self.params)
 
 
 def load_job(path: str | Path, overrides: Iterable[str] = ()) -> Job:
@@ -99,6 +110,8 @@ def load_job(path: str | Path, overrides: Iterable[str] = ()) -> Job:
         raise HpsearchError(format_validation_error(path, exc)) from None
     try:
         job.trial_params()
+    except HpsearchError as exc:
+        raise HpsearchError(f"{path}: {exc}") from None
     except ValidationError as exc:
         raise HpsearchError(format_validation_error(path, exc, prefix="params")) from None
     return job

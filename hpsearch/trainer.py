@@ -28,11 +28,14 @@ import keras
 import numpy as np
 from pydantic import BaseModel
 
+from hpsearch.data.augment import AugmentConfig
 from hpsearch.data.preprocess import PreparedData
+from hpsearch.data.volume_data import VolumeData
 from hpsearch.errors import HpsearchError
+from hpsearch.feeds import make_feed
 from hpsearch.losses import get_loss
-from hpsearch.metrics import DiceMetric, SegmentationScores
-from hpsearch.models import build_model
+from hpsearch.metrics import SegmentationScores
+from hpsearch.network import build_network, dims_of, family
 from hpsearch.params import TrainParams, model_options, train_options, validate_params
 from hpsearch.selection import metric_name
 
@@ -90,60 +93,49 @@ class EpochResult:
         )
 
 
-class _Batches(keras.utils.PyDataset):
-    """Shuffled batches gathered from (possibly memory-mapped) arrays.
-
-    Gathering per batch keeps memory at one batch, where ``x[permutation]`` would copy
-    the whole training set every epoch.
-    """
-
-    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, order: np.ndarray):
-        super().__init__()
-        self.x, self.y, self.batch_size, self.order = x, y, batch_size, order
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.order) / self.batch_size)
-
-    def __getitem__(self, index: int):
-        # Sorted within a batch: memory-mapped reads go forward through the file.
-        rows = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
-        return np.asarray(self.x[rows]), np.asarray(self.y[rows])
-
-
 class Trainer:
     """One configuration of one model family on one prepared dataset.
 
     Args:
-        data: Preprocessed slices with validation cases.
-        model: Model family name (``unet``, ``fcn``).
+        data: Preprocessed slices (slice mode) or whole cases (patch mode), with
+            validation cases (see :mod:`hpsearch.feeds`).
+        model: Model family name as a job names it (``unet``, ``fcn``); on 3D patches
+            ``unet`` is the 3D U-Net (:func:`hpsearch.network.family`).
         params: Flat hyperparameters (validated; defaults filled in).
         seed: Seed of weight initialisation and batch order; with the same seed
             and data, a restored trainer continues exactly as an uninterrupted one.
         metric, mode: What picks the best epoch (whose weights are kept and exported):
             any per-epoch metric of :meth:`EpochResult.metrics` (a search passes its
             ``search.metric``), maximised or minimised.
+        augment: Augmentation of training patches (patch mode; ``augment:`` of a job).
+        workers: Background processes making training patches (patch mode).
+
+    Call :meth:`close` when done: it stops the patch workers.
     """
 
     def __init__(
         self,
-        data: PreparedData,
+        data: PreparedData | VolumeData,
         model: str,
         params: Mapping[str, Any] | BaseModel,
         *,
         seed: int = 0,
         metric: str = "val_dice",
         mode: str = "max",
+        augment: AugmentConfig | Mapping[str, Any] | None = None,
+        workers: int = 1,
     ):
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', not {mode!r}")
         self.metric, self.mode = metric, mode
         self.data = data
-        self.model_name = model
-        self.params = validate_params(model, params)
+        self.model_name = family(model, dims_of(data.info))
+        self.params = validate_params(self.model_name, params)
         self.train_params: TrainParams = train_options(self.params)
         self.seed = seed
         keras.utils.set_random_seed(seed)
-        self.model = build_model(model, data.input_shape, data.num_classes, **model_options(self.params))
+        self.model = build_network(self.model_name, model_options(self.params), data.info)
+        self.feed = make_feed(data, seed=seed, augment=augment, workers=workers)
         p = self.train_params
         self.schedule = keras.optimizers.schedules.ExponentialDecay(
             p.learning_rate, decay_steps=p.decay_steps, decay_rate=p.decay_rate, staircase=True
@@ -163,16 +155,16 @@ class Trainer:
         return self.epoch >= self.train_params.epochs
 
     def train_epoch(self) -> EpochResult:
-        """Train one pass over the training slices, then validate per case.
+        """Train one epoch (every training slice, or ``samples_per_epoch`` patches), then
+        validate per case.
 
         Raises:
             TrainingDiverged: The training loss is NaN or infinite.
         """
         started = time.perf_counter()
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.data.train_x))
-        batches = _Batches(self.data.train_x, self.data.train_y, self.train_params.batch_size, order)
+        batches, steps = self.feed.epoch(self.epoch, self.train_params.batch_size)
         history = self.model.fit(
-            batches, initial_epoch=self.epoch, epochs=self.epoch + 1, verbose=0, shuffle=False
+            batches, steps_per_epoch=steps, initial_epoch=self.epoch, epochs=self.epoch + 1, verbose=0, shuffle=False
         )
         loss = float(history.history["loss"][-1])
         self.epoch += 1
@@ -214,20 +206,13 @@ class Trainer:
         return best["val_dice"] if best else -math.inf
 
     def evaluate(self) -> tuple[float, SegmentationScores]:
-        """Validation loss (mean over slices) and per-case Dice/IoU."""
-        data = self.data
-        metric = DiceMetric(data.num_classes)
-        batch = max(self.train_params.batch_size, 32)
-        predictions = np.empty(data.val_y.shape, np.uint8)
-        loss_sum = 0.0
-        for start in range(0, len(data.val_x), batch):
-            x = np.asarray(data.val_x[start : start + batch])
-            y = np.asarray(data.val_y[start : start + batch])
-            logits = self.model.predict_on_batch(x)
-            loss_sum += float(self.loss_fn(y, logits)) * len(x)
-            predictions[start : start + len(x)] = np.argmax(logits, axis=-1)
-        metric.update_slices(predictions, np.asarray(data.val_y), np.asarray(data.val_case))
-        return loss_sum / max(len(data.val_x), 1), metric.aggregate()
+        """Validation loss and per-case Dice/IoU (on resized slices, or whole cases in
+        their original geometry in patch mode)."""
+        return self.feed.evaluate(self.model, self.loss_fn, self.train_params.batch_size)
+
+    def close(self) -> None:
+        """Stop background work (patch workers); the trainer can still save and evaluate."""
+        self.feed.close()
 
     def fit(self, on_epoch: Callable[[EpochResult], None] | None = None) -> float:
         """Train the remaining epochs; return the best value of :attr:`metric`."""

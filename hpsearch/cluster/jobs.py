@@ -189,7 +189,7 @@ def _check_search_space(job: Job, job_path: Path) -> None:
 
     if job.search_space is None:
         raise HpsearchError(f"{job_path}: search_space: missing; name a YAML file of distributions")
-    load_space(job.search_space, job.model)
+    load_space(job.search_space, job.family)
 
 
 def _excluded(path: Path) -> bool:

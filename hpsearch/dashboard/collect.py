@@ -28,6 +28,7 @@ from hpsearch.errors import HpsearchError
 from hpsearch.experiment import Experiment
 from hpsearch.outcome import Outcome
 from hpsearch.selection import default_mode
+from hpsearch.network import family
 from hpsearch.space import Choice, IntRange, load_space
 from hpsearch.tracking.runs import STATUS_TAG, TRIAL_TAG
 
@@ -222,4 +223,5 @@ def _space(experiment: Experiment) -> dict[str, Any]:
     path = experiment.space_file()
     if path is None or not path.is_file():
         return {}  # params then come back as plain numbers and strings
-    return load_space(path, experiment.state.job.get("model", "unet"))
+    job = experiment.state.job
+    return load_space(path, family(job.get("model", "unet"), (job.get("dataset") or {}).get("dims")))

@@ -59,6 +59,13 @@ class PreparedData:
     def input_shape(self) -> tuple[int, int, int]:
         return tuple(int(s) for s in self.train_x.shape[1:])  # type: ignore[return-value]
 
+    def summary(self) -> str:
+        """One line for the console: what training and validation see."""
+        info = self.info
+        return (f"{len(self.train_x)} training slices from {len(info['train_cases'])} cases, "
+                f"{len(self.val_x)} validation slices from {len(info['val_cases'])} cases, "
+                f"input {self.input_shape}, classes {self.class_names}")
+
 
 def normalize_intensities(image: np.ndarray, mode: str) -> np.ndarray:
     """Z-score each channel of one case.

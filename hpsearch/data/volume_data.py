@@ -76,6 +76,15 @@ class VolumeData:
     def num_channels(self) -> int:
         return int(self.train_images[0].shape[0]) if self.train_images else 0
 
+    def summary(self) -> str:
+        """One line for the console: cases, spacing and patches."""
+        plan = self.info.get("plan") or {}
+        spacing = plan.get("target_spacing")
+        at = f"at {' x '.join(f'{s:g}' for s in spacing)} mm" if spacing else "on their own grids"
+        patch = "x".join(str(p) for p in plan.get("patch_size", []))
+        return (f"{len(self.train_images)} training / {len(self.val_images)} validation cases {at}, "
+                f"{plan.get('dims')}D patches {patch}, classes {self.class_names}")
+
 
 def array_files(data: VolumeData) -> list[str]:
     """The file name of every array, ``train_images_0000.npy`` ..., in :data:`CASE_ARRAYS` order."""

@@ -58,6 +58,11 @@ class CaseVolumes:
         return not self.defects
 
 
+def header_spacing(image: nib.Nifti1Image) -> tuple[float, float, float]:
+    """Voxel size in mm along X, Y, Z: the header's zooms (training and prediction both read it here)."""
+    return tuple(float(z) for z in image.header.get_zooms()[:3])  # type: ignore[return-value]
+
+
 def read_case(index: DatasetIndex, case: CaseFiles) -> CaseVolumes:
     """Read and validate one case, collecting every defect found."""
     result = CaseVolumes(case)
@@ -121,7 +126,7 @@ def _read_volume(path: Path, defects: list[Defect]) -> _Volume | None:
     except Exception as exc:  # nibabel, gzip and zlib raise many types for bad files
         defects.append(Defect(path, f"unreadable or truncated NIfTI ({type(exc).__name__}: {exc})"))
         return None
-    return _Volume(data, image.affine, tuple(float(z) for z in image.header.get_zooms()[:3]))
+    return _Volume(data, image.affine, header_spacing(image))
 
 
 def _stack_channels(

@@ -54,15 +54,14 @@ def run_search(job_path: Path, overrides=(), *, address: str | None = None, echo
         "storage": job.storage.model_copy(update={"path": str(storage)}),
         "tracking": job.tracking.model_copy(update={"uri": resolve_uri(job.tracking.uri)}),
     })
-    space = load_space(job.search_space, job.model)
+    space = load_space(job.search_space, job.family)
     _refuse_outputs_in_dataset(job)
     ensure_reachable(job.tracking.uri)
 
     data, from_cache = load_dataset(job.dataset)
     check_metric(job.search.metric, job.search.mode, data.class_names)
     files = cached_file_digests(read_index(job.dataset.path), job.dataset.cache_dir)
-    echo(f"data: {len(data.train_x)} training / {len(data.val_x)} validation slices "
-         f"({'cache' if from_cache else 'preprocessed'}), classes {data.class_names}")
+    echo(f"data: {data.summary()} ({'cache' if from_cache else 'preprocessed'})")
     init_ray(address)
     job.storage.check_for_cluster(_alive_nodes())
 

@@ -13,18 +13,19 @@ from __future__ import annotations
 
 import gc
 import math
-import os
 from typing import Any
 
 import ray
 from ray import tune
 
 from hpsearch.data.preprocess import PreparedData
+from hpsearch.data.volume_data import VolumeData
 from hpsearch.errors import first_line
 from hpsearch.failures import RECURRING, failure_kind
 from hpsearch.models.footprint import check_fits
 from hpsearch.outcome import ERROR_KEY, FAILURE_KEY
-from hpsearch.runtime import RuntimeConfig, configure_tensorflow
+from hpsearch.runtime import RuntimeConfig, configure_tensorflow, trial_memory_bytes
+from hpsearch.space import split_config
 
 
 class SegmentationTrainable(tune.Trainable):
@@ -50,9 +51,10 @@ class SegmentationTrainable(tune.Trainable):
         self,
         config: dict[str, Any],
         *,
-        data: PreparedData,
+        data: PreparedData | VolumeData,
         model: str,
         base_params: dict[str, Any],
+        augment: dict[str, Any] | None = None,
         runtime: dict[str, Any],
         max_epochs: int,
         metric: str = "val_dice",
@@ -60,8 +62,9 @@ class SegmentationTrainable(tune.Trainable):
     ) -> None:
         resources = self.trial_resources.required_resources if self.trial_resources else {}
         self._runtime = RuntimeConfig(**{**runtime, "intra_op_threads": max(1, round(resources.get("CPU", 1)))})
-        configure_tensorflow(self._runtime, gpu_fraction=resources.get("GPU", 0))  # a GPU share caps its memory
-        self._data, self._model, self._base = data, model, base_params
+        self._gpus = resources.get("GPU", 0)
+        configure_tensorflow(self._runtime, gpu_fraction=self._gpus)  # a GPU share caps its memory
+        self._data, self._model, self._base, self._augment = data, model, base_params, augment or {}
         self._max_epochs, self._metric, self._mode = max_epochs, metric, mode
         self._build(config)
 
@@ -72,13 +75,16 @@ class SegmentationTrainable(tune.Trainable):
 
         # Free the previous trial's graph and weights before building the next model
         # in a reused actor; without it memory grows trial after trial.
-        self.trainer, self._setup_failure = None, None
+        self._close_trainer()
+        self._setup_failure = None
         keras.backend.clear_session()
         gc.collect()
         self._epoch_cap = min(config.get("epochs", self._base.get("epochs", self._max_epochs)), self._max_epochs)
         try:
-            self.trainer = Trainer(self._data, self._model, {**self._base, **config}, seed=self._runtime.seed,
-                                   metric=self._metric, mode=self._mode)
+            params, augment = split_config(config)
+            self.trainer = Trainer(self._data, self._model, {**self._base, **params}, seed=self._runtime.seed,
+                                   metric=self._metric, mode=self._mode, augment={**self._augment, **augment},
+                                   workers=self._runtime.loader_workers)
             check_fits(self.trainer.model, self.trainer.train_params.batch_size, self._memory_budget())
         except Exception as exc:  # reported by the first step, where Tune records results
             self._setup_failure = exc
@@ -110,14 +116,7 @@ class SegmentationTrainable(tune.Trainable):
         return result
 
     def _memory_budget(self) -> int:
-        """The trial's memory: the job's ``runtime.memory_limit_mb``, else its share of the
-        machine by CPUs (two 1-CPU trials on 2 cores get half each)."""
-        if self._runtime.memory_limit_mb:
-            return self._runtime.memory_limit_mb * 2**20
-        import psutil
-
-        share = self._runtime.intra_op_threads / (os.cpu_count() or 1)
-        return int(psutil.virtual_memory().total * min(1.0, share))
+        return trial_memory_bytes(self._runtime, self._runtime.intra_op_threads, self._gpus)
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
         if self.trainer is not None:  # None: the configuration could not be built
@@ -130,8 +129,13 @@ class SegmentationTrainable(tune.Trainable):
         self._build(new_config)
         return True
 
+    def _close_trainer(self) -> None:
+        if getattr(self, "trainer", None) is not None:
+            self.trainer.close()  # its patch workers
+        self.trainer = None
+
     def cleanup(self) -> None:
         import keras
 
-        self.trainer = None
+        self._close_trainer()
         keras.backend.clear_session()

@@ -116,6 +116,7 @@ def trainable_for(job, data: PreparedData) -> Callable:
         data=data,
         model=job.model,
         base_params=dict(job.params),
+        augment=job.augment.model_dump(),
         runtime=job.runtime.model_dump(),
         max_epochs=job.scheduler.max_epochs,
         metric=job.search.metric,

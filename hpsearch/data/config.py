@@ -143,6 +143,21 @@ class DatasetConfig(PreprocessConfig):
             raise ValueError(f"{info.field_name} is a patch-mode setting; set dataset.dims to 2 or 3")
         return value
 
+    @field_validator("spacing", "patch_size", mode="before")
+    @classmethod
+    def _one_of_the_forms(cls, value, info: ValidationInfo):
+        # One line for a wrong form, instead of pydantic's one per member of the union.
+        words, forms = ("auto", "none"), "auto, none or [sx, sy, sz] in mm"
+        if info.field_name == "patch_size":
+            words, forms = ("auto",), "auto or a list of sizes in voxels, [h, w] or [x, y, z]"
+        kinds = int if info.field_name == "patch_size" else (int, float)
+        numbers = isinstance(value, (list, tuple)) and all(
+            isinstance(v, kinds) and not isinstance(v, bool) for v in value
+        )
+        if value in words or (numbers and (info.field_name == "patch_size" or len(value) == 3)):
+            return value
+        raise ValueError(f"must be {forms}")
+
     @field_validator("spacing")
     @classmethod
     def _positive_spacing(cls, spacing):

@@ -24,7 +24,7 @@ from hpsearch.data.config import VolumeConfig
 from hpsearch.data.layouts import DatasetIndex
 from hpsearch.data.physical import case_target, ct_statistics, foreground_intensities, preprocess_case
 from hpsearch.data.plan import Plan
-from hpsearch.data.preprocess import split_cases
+from hpsearch.data.preprocess import dataset_info, split_cases
 from hpsearch.data.resample import resample_labels
 from hpsearch.data.volume_data import CASE_ARRAYS, VolumeData, load_volume_data, save_case_array, save_info
 from hpsearch.data.volumes import load_case, refuse_defects
@@ -115,14 +115,7 @@ def prepare_volumes(
             keep("train_foreground", foreground_locations(labels, num_classes))
 
     info = {
-        "dataset": str(index.root),
-        "digest": digest,
-        "layout": index.layout,
-        "channel_names": list(index.channel_names),
-        "class_names": list(index.class_names),
-        "label_values": list(index.label_values),
-        "train_cases": train_ids,
-        "val_cases": val_ids,
+        **dataset_info(index, digest, train_ids, val_ids),
         "volume_config": config.model_dump(mode="json"),
         "plan": plan.to_dict() if plan is not None else None,
         "intensity": intensity,

@@ -1,7 +1,9 @@
 """Datasets: NIfTI layouts, checks, plans, preprocessing into slices, and the on-disk cache.
 
 The front door is :func:`load_dataset`: a job's ``dataset:`` section in, preprocessed
-:class:`PreparedData` out (generated first when synthetic and missing; cached).
+data out (generated first when synthetic and missing; cached): :class:`PreparedData`
+slices in slice mode (``dims`` unset), whole :class:`VolumeData` cases in physical
+space in patch mode (``dims`` 2 or 3, with the resolved plan in ``info["plan"]``).
 
 Example:
     >>> from hpsearch.data import DatasetConfig, load_dataset
@@ -13,11 +15,21 @@ Example:
 
 from __future__ import annotations
 
-from hpsearch.data.cache import dataset_digest, default_cache_dir, prepare_cached
-from hpsearch.data.check import CheckReport, Fingerprint, check_dataset
-from hpsearch.data.config import DatasetConfig, PreprocessConfig
+from hpsearch.data.cache import dataset_digest, default_cache_dir, prepare_cached, prepare_volumes_cached
+from hpsearch.data.check import CheckReport, Fingerprint, check_dataset, header_fingerprint
+from hpsearch.data.config import DatasetConfig, PreprocessConfig, VolumeConfig
+from hpsearch.data.job_plan import resolve_plan
 from hpsearch.data.layouts import CaseFiles, DatasetIndex, read_index
-from hpsearch.data.plan import Plan, make_plan
+from hpsearch.data.physical import (
+    case_target,
+    ct_statistics,
+    foreground_intensities,
+    normalize_case,
+    preprocess_case,
+    to_original_geometry,
+)
+from hpsearch.data.plan import DEFAULT_BASE_FILTERS, Plan, default_memory_budget, make_plan
+from hpsearch.data.prepare_volumes import foreground_locations, prepare_volumes
 from hpsearch.data.preprocess import (
     PreparedData,
     fit_in_plane,
@@ -27,6 +39,7 @@ from hpsearch.data.preprocess import (
     split_cases,
 )
 from hpsearch.data.synth import synthesize
+from hpsearch.data.volume_data import VolumeData, load_volume_data
 from hpsearch.data.volumes import CaseVolumes, Defect, load_case, read_case
 
 __all__ = [
@@ -40,34 +53,65 @@ __all__ = [
     "Plan",
     "PreparedData",
     "PreprocessConfig",
+    "VolumeConfig",
+    "VolumeData",
+    "case_target",
     "check_dataset",
+    "ct_statistics",
     "dataset_digest",
     "default_cache_dir",
+    "default_memory_budget",
     "fit_in_plane",
+    "foreground_intensities",
+    "foreground_locations",
+    "header_fingerprint",
     "load_case",
     "load_dataset",
+    "load_volume_data",
     "make_plan",
+    "normalize_case",
     "normalize_intensities",
     "prepare_cached",
+    "prepare_volumes",
+    "prepare_volumes_cached",
+    "preprocess_case",
     "preprocess_label",
     "preprocess_volume",
     "read_case",
     "read_index",
+    "resolve_plan",
     "split_cases",
     "synthesize",
+    "to_original_geometry",
 ]
 
 
-def load_dataset(config: DatasetConfig) -> tuple[PreparedData, bool]:
-    """Preprocessed slices for a job's dataset section.
+def load_dataset(
+    config: DatasetConfig,
+    memory_budget_bytes: int | None = None,
+    *,
+    base_filters: int = DEFAULT_BASE_FILTERS,
+) -> tuple[PreparedData | VolumeData, bool]:
+    """Preprocessed data for a job's dataset section.
 
     A synthetic dataset is generated at ``config.path`` when nothing is there yet; an
     existing folder is never written to, and a broken symlink is reported, not replaced.
 
+    Args:
+        config: The job's dataset section.
+        memory_budget_bytes: Patch mode: the training memory the plan's patch and batch
+            size must fit (default :func:`default_memory_budget`). Unused in slice mode.
+        base_filters: Patch mode: the U-Net's first-level filters, for the same estimate.
+
     Returns:
-        The data and whether it came from the cache.
+        :class:`PreparedData` (slice mode) or :class:`VolumeData` (patch mode, with
+        ``info["plan"]``), and whether it came from the cache.
     """
     if config.synthetic and not config.path.exists() and not config.path.is_symlink():
         synthesize(config.synthetic, config.path, config.synthetic_cases, config.synthetic_seed)
     index = read_index(config.path)
-    return prepare_cached(index, config.preprocess(), config.cache_dir)
+    if config.dims is None:
+        return prepare_cached(index, config.preprocess(), config.cache_dir)
+    budget = default_memory_budget() if memory_budget_bytes is None else memory_budget_bytes
+    plan = resolve_plan(index, config, budget, base_filters=base_filters)
+    return prepare_volumes_cached(index, config.volume_config(plan), plan, config.cache_dir)

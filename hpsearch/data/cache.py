@@ -5,18 +5,12 @@ many. The cache entry is keyed by a digest of the dataset's *content* (dataset.j
 and every file a case uses) and of the preprocessing settings, so editing a label
 file or changing ``image_size`` makes a new entry while renaming the folder does not.
 
-Concurrency: the first process to miss takes a file lock and writes the entry into a
-temporary folder, then renames it into place (atomic on one filesystem). Others wait
-on the lock and then read the finished entry; readers without the lock only ever see
-complete entries. Arrays are ``.npy`` files opened memory-mapped, so several trials on
-one node share the page cache instead of each holding a copy.
-
-Integrity: a cache outlives crashes, full disks and careless hands, and a damaged
-array would be trained on silently (same size) or end in a numpy traceback
-(truncated). So each entry records the size and SHA-256 of every file it holds when
-it is written, and every open checks them before memory-mapping; an entry that fails
-is set aside and rebuilt, with one warning line. Hashing reads each file once through
-the page cache the memory maps then share (a few milliseconds for the demo's arrays).
+Two kinds of entry: slice mode's ``prepared-*`` (:class:`PreparedData`, keyed by
+:class:`PreprocessConfig`) and patch mode's ``volumes-*`` (:class:`VolumeData`, keyed by
+:class:`VolumeConfig`). Both are built atomically under a lock, carry SHA-256 checksums
+checked on every open, are rebuilt when damaged (:mod:`hpsearch.data.entries`), and open
+memory-mapped, so several trials on one node share the page cache instead of each
+holding a copy. ``info["entry"]`` names the folder, so worker processes can reopen it.
 """
 
 from __future__ import annotations
@@ -24,26 +18,26 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
-import shutil
-import sys
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from filelock import FileLock
 
-from hpsearch.data.config import PreprocessConfig
+from hpsearch.data.config import PreprocessConfig, VolumeConfig
+from hpsearch.data.entries import ensure_entry, sha256
+from hpsearch.data.entries import entry_problem as _entry_problem
 from hpsearch.data.guard import refuse_inside
 from hpsearch.data.layouts import DatasetIndex
+from hpsearch.data.plan import Plan
+from hpsearch.data.prepare_volumes import prepare_volumes
 from hpsearch.data.preprocess import PreparedData, prepare
+from hpsearch.data.volume_data import VolumeData, load_volume_data, volume_data_files
 from hpsearch.data.volumes import refuse_defects
 
 # Bump when preprocessing code changes what it produces for the same settings, or
 # what an entry holds (3: checksums.json).
 PREPROCESS_VERSION = 3
 
-CHECKSUMS_FILE = "checksums.json"
 INFO_FILE = "info.json"
 
 
@@ -109,7 +103,7 @@ def _file_digest(path: Path, memo: dict[str, str]) -> str:
     stat = path.stat()
     key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
     if key not in memo:
-        memo[key] = _sha256(path)
+        memo[key] = sha256(path)
     return memo[key]
 
 
@@ -127,53 +121,32 @@ def _write_memo(path: Path, memo: dict[str, str]) -> None:
     os.replace(partial, path)
 
 
-def cache_key(digest: str, config: PreprocessConfig) -> str:
+def cache_key(digest: str, config: PreprocessConfig | VolumeConfig) -> str:
     settings = json.dumps(config.model_dump(mode="json"), sort_keys=True)
     key = hashlib.sha256(f"{PREPROCESS_VERSION}|{digest}|{settings}".encode()).hexdigest()
     return key[:24]
 
 
-def _entry_files() -> list[str]:
+def _entry_files(directory: Path | None = None) -> list[str]:
     return [*(f"{name}.npy" for name in PreparedData.ARRAYS), INFO_FILE]
 
 
-def _sha256(path: Path) -> str:
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
-def save_prepared(data: PreparedData, directory: Path) -> None:
-    """Write arrays, info and their checksums into a new folder (the caller renames it into place)."""
+def save_prepared(data: PreparedData, directory: Path) -> list[str]:
+    """Write arrays and info into a new folder; return the names of the files written."""
     directory.mkdir(parents=True)
     for name in PreparedData.ARRAYS:
         np.save(directory / f"{name}.npy", getattr(data, name))
     (directory / INFO_FILE).write_text(json.dumps(data.info, indent=2))
-    sums = {
-        name: {"bytes": (directory / name).stat().st_size, "sha256": _sha256(directory / name)}
-        for name in _entry_files()
-    }
-    (directory / CHECKSUMS_FILE).write_text(json.dumps(sums, indent=2))
+    return _entry_files()
 
 
-def entry_problem(directory: Path) -> str | None:
-    """Why a cache entry must not be used (a file missing, truncated or changed), or None."""
-    try:
-        sums = json.loads((directory / CHECKSUMS_FILE).read_text())
-    except (OSError, ValueError):
-        return f"{CHECKSUMS_FILE} is missing or unreadable"
-    for name in _entry_files():
-        want, path = sums.get(name) if isinstance(sums, dict) else None, directory / name
-        if not isinstance(want, dict):
-            return f"{CHECKSUMS_FILE} has no checksum of {name}"
-        try:
-            size = path.stat().st_size
-        except OSError:
-            return f"{name} is missing"
-        if size != want.get("bytes"):
-            return f"{name} has {size} bytes, {want.get('bytes')} were written (truncated or overwritten)"
-        if _sha256(path) != want.get("sha256"):
-            return f"{name} differs from the checksum recorded when it was written (damaged on disk)"
-    return None
+def entry_problem(directory: Path, expected: Callable[[Path], list[str]] = _entry_files) -> str | None:
+    """Why a cache entry must not be used (a file missing, truncated or changed), or None.
+
+    ``expected`` names the files the entry must hold: a slice entry's by default,
+    :func:`~hpsearch.data.volume_data.volume_data_files` for a patch-mode entry.
+    """
+    return _entry_problem(directory, expected)
 
 
 def load_prepared(directory: Path, *, mmap: bool = True) -> PreparedData:
@@ -189,7 +162,7 @@ def load_prepared(directory: Path, *, mmap: bool = True) -> PreparedData:
 def prepare_cached(
     index: DatasetIndex, config: PreprocessConfig, cache_dir: Path | None = None
 ) -> tuple[PreparedData, bool]:
-    """Preprocessed data from the cache, computing and storing it on a miss.
+    """Slice mode's preprocessed data from the cache, computing and storing it on a miss.
 
     A damaged entry (see :func:`entry_problem`) is rebuilt, with one warning line on stderr.
 
@@ -200,42 +173,50 @@ def prepare_cached(
         HpsearchError: A defect of the dataset's declaration (before anything is read or
             hashed), a cache folder inside the dataset folder, or an unreadable case.
     """
+    entry, digest = _entry(index, config, cache_dir, "prepared")
+    hit = ensure_entry(entry, lambda folder: save_prepared(prepare(index, config, digest=digest), folder), _entry_files)
+    data = load_prepared(entry)
+    data.info.update(dataset=str(index.root), entry=str(entry))
+    return data, hit
+
+
+def prepare_volumes_cached(
+    index: DatasetIndex, config: VolumeConfig, plan: Plan | None = None, cache_dir: Path | None = None
+) -> tuple[VolumeData, bool]:
+    """Patch mode's preprocessed cases from the cache, computing and storing them on a miss.
+
+    The entry is keyed by the dataset's content and ``config`` alone; ``plan`` (whose
+    patch and batch size follow the caller's memory budget) is put into ``info["plan"]``
+    on every open, not taken from whichever process built the entry.
+
+    Returns:
+        The data (arrays memory-mapped) and whether it came from the cache.
+
+    Raises:
+        HpsearchError: As :func:`prepare_cached`.
+    """
+    entry, digest = _entry(index, config, cache_dir, "volumes")
+
+    def build(folder: Path) -> list[str]:
+        prepare_volumes(index, config, digest=digest, plan=plan, directory=folder)
+        return volume_data_files(folder)
+
+    hit = ensure_entry(entry, build, volume_data_files)
+    data = load_volume_data(entry)
+    data.info.update(dataset=str(index.root), entry=str(entry))
+    if plan is not None:
+        data.info["plan"] = plan.to_dict()
+    return data, hit
+
+
+def _entry(
+    index: DatasetIndex, config: PreprocessConfig | VolumeConfig, cache_dir: Path | None, kind: str
+) -> tuple[Path, str]:
+    """The entry folder for ``config`` on this dataset's content, and the content digest."""
     refuse_defects(index, index.defects)
     cache_dir = Path(cache_dir or default_cache_dir())
     refuse_inside(cache_dir, index.root, "dataset.cache_dir")
     cache_dir.mkdir(parents=True, exist_ok=True)
     digest = digest_of_files(cached_file_digests(index, cache_dir))
     # Named by content alone: the same data in another folder shares the entry.
-    entry = cache_dir / f"prepared-{cache_key(digest, config)}"
-    hit = entry.is_dir() and entry_problem(entry) is None
-    if not hit:
-        with FileLock(str(entry) + ".lock"):
-            # Another process may have built (or rebuilt) it while we waited.
-            problem = entry_problem(entry) if entry.is_dir() else None
-            hit = entry.is_dir() and problem is None
-            if problem:
-                print(f"warning: cache entry {entry}: {problem}; rebuilding it", file=sys.stderr, flush=True)
-                _discard(entry)
-            if not hit:
-                _build(index, config, digest, entry)
-    data = load_prepared(entry)
-    data.info["dataset"] = str(index.root)
-    return data, hit
-
-
-def _discard(entry: Path) -> None:
-    # Renamed away first: processes still reading it keep their open files (POSIX), and
-    # no one sees a half-deleted entry.
-    aside = entry.with_name(f".{entry.name}.damaged-{secrets.token_hex(4)}")
-    os.rename(entry, aside)
-    shutil.rmtree(aside, ignore_errors=True)
-
-
-def _build(index: DatasetIndex, config: PreprocessConfig, digest: str, entry: Path) -> None:
-    data = prepare(index, config, digest=digest)
-    staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
-    try:
-        save_prepared(data, staging / "entry")
-        os.rename(staging / "entry", entry)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    return cache_dir / f"{kind}-{cache_key(digest, config)}", digest

@@ -1,16 +1,26 @@
 """The ``dataset:`` section of a job file, grouped by concern.
 
-:class:`PreprocessConfig` holds every setting that changes the preprocessed arrays;
-it alone (with the dataset's content) keys the cache. :class:`DatasetConfig` adds
-where the data is and how to make it when it is synthetic.
+Two modes. *Slice mode* (``dims`` unset, as every job file before patch training):
+:class:`PreprocessConfig` holds every setting that changes the preprocessed slices; it
+alone (with the dataset's content) keys the cache. *Patch mode* (``dims`` 2 or 3): the
+``auto`` settings are first resolved against the dataset
+(:func:`hpsearch.data.job_plan.resolve_plan`), and :class:`VolumeConfig`, the resolved
+settings that change the preprocessed cases, keys the cache. :class:`DatasetConfig`
+adds where the data is and how to make it when it is synthetic.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+if TYPE_CHECKING:
+    from hpsearch.data.plan import Plan
+
+Normalize = Literal["zscore_nonzero", "zscore", "none", "ct"]
 
 
 class PreprocessConfig(BaseModel):
@@ -23,7 +33,9 @@ class PreprocessConfig(BaseModel):
         resize: ``interpolate`` (linear for images, nearest for labels) or
             ``pad_crop`` (centre pad with zeros or centre crop, no resampling).
         normalize: Per case and channel: ``zscore_nonzero`` (over non-zero voxels,
-            zero outside: skull-stripped MRI), ``zscore`` (all voxels), ``none``.
+            zero outside: skull-stripped MRI), ``zscore`` (all voxels), ``none``; or
+            ``ct`` (patch mode only): clip to the training foreground's 0.5 and 99.5
+            percentiles, then z-score with its mean and std (nnU-Net's CT scheme).
         keep_empty_fraction: Fraction of background-only slices kept in the
             *training* cases (validation keeps every slice so Dice is per volume).
         val_fraction: Fraction of cases held out for validation (split by case).
@@ -35,7 +47,7 @@ class PreprocessConfig(BaseModel):
     slice_axis: Literal[0, 1, 2] = 2
     image_size: tuple[int, int] = (128, 128)
     resize: Literal["interpolate", "pad_crop"] = "interpolate"
-    normalize: Literal["zscore_nonzero", "zscore", "none"] = "zscore_nonzero"
+    normalize: Normalize = "zscore_nonzero"
     keep_empty_fraction: float = Field(0.25, ge=0.0, le=1.0)
     val_fraction: float = Field(0.2, gt=0.0, le=0.9)
     split_seed: int = 0
@@ -48,10 +60,53 @@ class PreprocessConfig(BaseModel):
         return size
 
 
+class VolumeConfig(BaseModel):
+    """The resolved patch-mode settings that change the preprocessed cases: the cache key.
+
+    Attributes:
+        dims: 2 or 3.
+        slice_axis: For ``dims`` 2 the axis 2D patches are cut across; ``None`` for 3D.
+        target_spacing: Voxel size in mm (X, Y, Z) the cases are resampled to, or
+            ``None`` to keep every case on its own grid (``spacing: none``). For ``dims``
+            2 the value along ``slice_axis`` is not used: each case keeps its own
+            spacing there, as nnU-Net's 2D configuration does (slices are never
+            interpolated between).
+        normalize, val_fraction, split_seed: As in :class:`PreprocessConfig`.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dims: Literal[2, 3]
+    slice_axis: Literal[0, 1, 2] | None
+    target_spacing: tuple[float, float, float] | None
+    normalize: Normalize
+    val_fraction: float = Field(gt=0.0, le=0.9)
+    split_seed: int
+
+
+# Keys that only patch mode reads; given without ``dims`` they would be silently ignored.
+_PATCH_KEYS = ("spacing", "patch_size", "foreground_fraction", "samples_per_epoch")
+
+
 class DatasetConfig(PreprocessConfig):
     """Where the dataset is, plus how to preprocess it.
 
+    In patch mode ``image_size``, ``resize`` and ``keep_empty_fraction`` are not used
+    (they are slice-mode settings with defaults, so a slice-mode job file switched to
+    patches with ``--set dataset.dims=2`` still loads).
+
     Attributes:
+        dims: Leave unset for slice mode; 2 or 3 to train on 2D or 3D patches of
+            whole cases preprocessed in physical space.
+        spacing: Patch mode: ``auto`` (the plan's target spacing), ``none`` (every case
+            keeps its own voxel grid) or ``[sx, sy, sz]`` in mm.
+        patch_size: Patch mode: ``auto`` (the plan's) or ``[h, w]`` (dims 2, the two
+            axes other than ``slice_axis``) / ``[x, y, z]`` (dims 3), in voxels at the
+            target spacing.
+        foreground_fraction: Patch mode: fraction of training patches centred on a
+            voxel of a random foreground class (nnU-Net: one third).
+        samples_per_epoch: Patch mode: training patches per epoch, so an epoch's compute
+            does not depend on the batch size.
         path: Folder in MSD or nnU-Net v2 layout, relative to the working directory.
         synthetic: ``lv`` or ``brats``: generate the dataset at ``path`` first when
             the folder does not exist (demo and tests).
@@ -61,12 +116,80 @@ class DatasetConfig(PreprocessConfig):
             ``$HPSEARCH_CACHE_DIR`` or ``~/.cache/hpsearch``. Never the dataset folder.
     """
 
+    # Declared first so that the validators of the keys below can see it.
+    dims: Literal[2, 3] | None = Field(None, validate_default=True)
+    spacing: Literal["auto", "none"] | tuple[float, float, float] = "auto"
+    patch_size: Literal["auto"] | tuple[int, ...] = "auto"
+    foreground_fraction: float = Field(0.33, ge=0.0, le=1.0)
+    samples_per_epoch: int = Field(256, ge=1)
     path: Path
     synthetic: Literal["lv", "brats"] | None = None
     synthetic_cases: int = Field(24, ge=2, le=10_000)
     synthetic_seed: int = 0
     cache_dir: Path | None = None
 
+    @field_validator("dims")
+    @classmethod
+    def _ct_needs_patches(cls, dims: int | None, info: ValidationInfo) -> int | None:
+        if dims is None and info.data.get("normalize") == "ct":
+            raise ValueError("normalize: ct is only available in patch mode; set dataset.dims to 2 or 3")
+        return dims
+
+    @field_validator(*_PATCH_KEYS)
+    @classmethod
+    def _only_with_dims(cls, value, info: ValidationInfo):
+        # Runs only for keys the job gives (validate_default is off): a default is fine.
+        if "dims" in info.data and info.data["dims"] is None:  # "dims" absent: its own error is shown
+            raise ValueError(f"{info.field_name} is a patch-mode setting; set dataset.dims to 2 or 3")
+        return value
+
+    @field_validator("spacing", "patch_size", mode="before")
+    @classmethod
+    def _one_of_the_forms(cls, value, info: ValidationInfo):
+        # One line for a wrong form, instead of pydantic's one per member of the union.
+        words, forms = ("auto", "none"), "auto, none or [sx, sy, sz] in mm"
+        if info.field_name == "patch_size":
+            words, forms = ("auto",), "auto or a list of sizes in voxels, [h, w] or [x, y, z]"
+        kinds = int if info.field_name == "patch_size" else (int, float)
+        numbers = isinstance(value, (list, tuple)) and all(
+            isinstance(v, kinds) and not isinstance(v, bool) for v in value
+        )
+        if value in words or (numbers and (info.field_name == "patch_size" or len(value) == 3)):
+            return value
+        raise ValueError(f"must be {forms}")
+
+    @field_validator("spacing")
+    @classmethod
+    def _positive_spacing(cls, spacing):
+        if isinstance(spacing, tuple) and not all(math.isfinite(s) and s > 0 for s in spacing):
+            raise ValueError(f"each spacing must be a positive number of mm, got {list(spacing)}")
+        return spacing
+
+    @field_validator("patch_size")
+    @classmethod
+    def _patch_matches_dims(cls, patch, info: ValidationInfo):
+        if isinstance(patch, tuple):
+            dims = info.data.get("dims")
+            if dims is not None and len(patch) != dims:
+                raise ValueError(f"needs {dims} sizes for dims {dims}, got {list(patch)}")
+            if not all(1 <= side <= 4096 for side in patch):
+                raise ValueError(f"each size must be in 1..4096 voxels, got {list(patch)}")
+        return patch
+
     def preprocess(self) -> PreprocessConfig:
-        """Only the settings that change the arrays (the cache key)."""
+        """Slice mode: only the settings that change the arrays (the cache key)."""
         return PreprocessConfig(**self.model_dump(include=set(PreprocessConfig.model_fields)))
+
+    def volume_config(self, plan: Plan) -> VolumeConfig:
+        """Patch mode: the settings that change the preprocessed cases, with ``plan``'s
+        (from :func:`~hpsearch.data.job_plan.resolve_plan`) spacing and slice axis."""
+        if self.dims is None:
+            raise ValueError("volume_config() is for patch mode (dataset.dims 2 or 3)")
+        return VolumeConfig(
+            dims=self.dims,
+            slice_axis=plan.slice_axis if self.dims == 2 else None,
+            target_spacing=plan.target_spacing if plan.resample else None,
+            normalize=self.normalize,
+            val_fraction=self.val_fraction,
+            split_seed=self.split_seed,
+        )

@@ -81,6 +81,10 @@ class Plan:
         base_filters: Filters of the first level the estimate assumed.
         memory_budget_bytes: The budget the plan was made to fit.
         estimated_bytes: Estimated peak training memory of this patch and batch.
+        resample: ``False`` for ``spacing: none``: every case keeps its own grid and
+            ``target_spacing`` is only the median spacing the poolings were planned for.
+        spacing_source: ``plan`` (the rule below), ``explicit`` (the job's) or ``none``.
+        patch_source: ``plan`` or ``explicit`` (the job's, with poolings computed for it).
     """
 
     dims: int
@@ -97,6 +101,9 @@ class Plan:
     base_filters: int
     memory_budget_bytes: int
     estimated_bytes: int
+    resample: bool = True
+    spacing_source: str = "plan"
+    patch_source: str = "plan"
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -107,13 +114,17 @@ class Plan:
             f"; axis {self.coarse_axis} is coarse: its {COARSE_PERCENTILE}th percentile"
             if self.coarse_axis is not None else ""
         )
+        source = {"explicit": ", from the job", "none": "; not resampled: each case keeps its own"}
+        kept = f"; axis {self.slice_axis} keeps each case's own" if self.dims == 2 and self.resample else ""
         bottleneck = [p // 2**n for p, n in zip(self.patch_size, self.poolings)]
         where = f"slices along axis {self.slice_axis}, axes" if self.dims == 2 else "axes"
         return "\n".join([
             f"dims        {self.dims}",
-            f"spacing mm  {_fmt(self.target_spacing)} (median {_fmt(self.median_spacing)}{coarse})",
+            f"spacing mm  {_fmt(self.target_spacing)} (median {_fmt(self.median_spacing)}{coarse}"
+            f"{source.get(self.spacing_source, '')}{kept})",
             f"median      {_fmt(self.median_shape)} voxels at that spacing",
-            f"patch       {_fmt(self.patch_size)} ({where} {','.join(map(str, self.axes))})",
+            f"patch       {_fmt(self.patch_size)} ({where} {','.join(map(str, self.axes))}"
+            f"{', from the job' if self.patch_source == 'explicit' else ''})",
             f"batch       {self.batch_size}",
             f"poolings    {_fmt(self.poolings)} (bottleneck {_fmt(bottleneck)})",
             f"filters     {', '.join(map(str, self.filters))}",
@@ -128,19 +139,34 @@ def make_plan(
     memory_budget_bytes: int,
     base_filters: int = DEFAULT_BASE_FILTERS,
     slice_axis: int | None = None,
+    *,
+    spacing: Sequence[float] | None = None,
+    resample: bool = True,
+    patch_size: Sequence[int] | None = None,
 ) -> Plan:
     """The plan for training a ``dims``-D U-Net on this dataset within the budget.
 
     Args:
-        fingerprint: From :func:`~hpsearch.data.check_dataset` (needs per-case spacings).
+        fingerprint: From :func:`~hpsearch.data.check_dataset` or
+            :func:`~hpsearch.data.check.header_fingerprint` (needs per-case spacings).
         dims: 2 or 3.
         memory_budget_bytes: Peak training memory allowed (CPU RAM or a GPU's share).
         base_filters: Filters of the U-Net's first level.
         slice_axis: For ``dims`` 2, the axis to slice along; default the coarsest.
+        spacing: A target spacing (mm) to use instead of :func:`target_spacing`'s.
+        resample: ``False``: cases keep their own grids (``spacing: none``); the median
+            shape is that of the raw cases and the poolings follow the median spacing.
+        patch_size: A patch (along the plan's ``axes``) to use instead of the planned
+            one; its poolings are computed for it, its batch size fitted to the budget.
+
+    For ``dims`` 2 every case keeps its own spacing along ``slice_axis`` (nnU-Net's
+    2D configuration does not resample between slices), so the median shape along it
+    is that of the raw cases.
 
     Raises:
-        HpsearchError: No readable case, bad arguments, or a budget too small for even
-            the smallest patch at batch size 2.
+        HpsearchError: No readable case, bad arguments, a budget too small for even
+            the smallest patch at batch size 2, or a ``patch_size`` that cannot pool,
+            is not a multiple of its poolings or does not fit the budget.
     """
     if dims not in (2, 3):
         raise HpsearchError(f"dims: must be 2 or 3, got {dims!r}")
@@ -151,10 +177,12 @@ def make_plan(
     spacings = np.asarray(fingerprint.spacings, dtype=np.float64)
     shapes = np.asarray(fingerprint.shapes, dtype=np.float64)
     median_spacing = np.median(spacings, axis=0)
-    target, coarse_axis = target_spacing(spacings, shapes)
-    # Per case its shape after resampling (nnU-Net's compute_new_shape), then the median.
-    resampled = np.maximum(np.round(shapes * spacings / target), 1)
-    median_shape = np.maximum(np.round(np.median(resampled, axis=0)), 1).astype(int)
+    if not resample:
+        target, coarse_axis = median_spacing, None
+    elif spacing is not None:
+        target, coarse_axis = np.asarray(spacing, dtype=np.float64), None
+    else:
+        target, coarse_axis = target_spacing(spacings, shapes)
 
     if dims == 3:
         axes, slice_axis = (0, 1, 2), None
@@ -166,19 +194,34 @@ def make_plan(
         if slice_axis not in (0, 1, 2):
             raise HpsearchError(f"slice_axis: must be 0, 1 or 2, got {slice_axis!r}")
         axes = tuple(a for a in range(3) if a != slice_axis)
-    spacing = [float(target[a]) for a in axes]
+    # Per case its shape after resampling (nnU-Net's compute_new_shape), then the median.
+    case_targets = np.tile(target, (len(shapes), 1)) if resample else spacings.copy()
+    if slice_axis is not None:
+        case_targets[:, slice_axis] = spacings[:, slice_axis]
+    resampled = np.maximum(np.round(shapes * spacings / case_targets), 1)
+    median_shape = np.maximum(np.round(np.median(resampled, axis=0)), 1).astype(int)
+    along = [float(target[a]) for a in axes]
     limit = [int(median_shape[a]) for a in axes]
     channels, classes = len(fingerprint.channels), len(fingerprint.label_values)
 
     def bytes_for(patch, pools, batch):
         return estimate_training_bytes(patch, pools, base_filters, channels, classes, batch)
 
-    # nnU-Net starts from the median shape (never a patch larger than the data needs)
-    # and shrinks the axis that is largest relative to the median shape until a batch
-    # of two fits.
-    patch, pools = fit_poolings(spacing, limit)
-    while bytes_for(patch, pools, MIN_BATCH_SIZE) > memory_budget_bytes:
-        patch, pools = _shrink(spacing, patch, pools, limit, memory_budget_bytes)
+    if patch_size is not None:
+        patch, pools = _explicit_patch(along, patch_size, axes)
+        if bytes_for(patch, pools, MIN_BATCH_SIZE) > memory_budget_bytes:
+            raise HpsearchError(
+                f"dataset.patch_size: {list(patch)} needs about {bytes_for(patch, pools, MIN_BATCH_SIZE) / 2**30:.3g} "
+                f"GiB to train at batch size {MIN_BATCH_SIZE}, over the budget of {memory_budget_bytes / 2**30:.3g} "
+                "GiB; choose a smaller patch or patch_size: auto"
+            )
+    else:
+        # nnU-Net starts from the median shape (never a patch larger than the data needs)
+        # and shrinks the axis that is largest relative to the median shape until a batch
+        # of two fits.
+        patch, pools = fit_poolings(along, limit)
+        while bytes_for(patch, pools, MIN_BATCH_SIZE) > memory_budget_bytes:
+            patch, pools = _shrink(along, patch, pools, limit, memory_budget_bytes)
 
     fixed = bytes_for(patch, pools, 0)
     per_sample = bytes_for(patch, pools, 1) - fixed
@@ -201,7 +244,37 @@ def make_plan(
         base_filters=base_filters,
         memory_budget_bytes=int(memory_budget_bytes),
         estimated_bytes=bytes_for(patch, pools, batch),
+        resample=resample,
+        spacing_source="none" if not resample else "explicit" if spacing is not None else "plan",
+        patch_source="explicit" if patch_size is not None else "plan",
     )
+
+
+def _explicit_patch(spacing: Sequence[float], size: Sequence[int], axes) -> tuple[list[int], list[int]]:
+    """A job's patch and its poolings, refused if the U-Net cannot use it as it is."""
+    patch = [int(s) for s in size]
+    if len(patch) != len(axes):
+        raise HpsearchError(f"dataset.patch_size: needs {len(axes)} sizes (axes {list(axes)}), got {patch}")
+    pools = poolings(spacing, patch)
+    if max(pools) == 0:
+        raise HpsearchError(
+            f"dataset.patch_size: {patch} is too small to pool even once (an axis needs at least "
+            f"{2 * MIN_FEATURE_MAP} voxels); choose a larger patch or patch_size: auto"
+        )
+    fitted, _ = fit_poolings(spacing, patch)
+    if fitted != patch:
+        raise HpsearchError(
+            f"dataset.patch_size: {patch} is not a multiple of 2**poolings {pools} on each axis, which the "
+            f"U-Net's pooling needs; use {fitted} (or patch_size: auto)"
+        )
+    return patch, pools
+
+
+def default_memory_budget() -> int:
+    """A quarter of this machine's RAM: the CPU training budget when none is given."""
+    import psutil
+
+    return int(psutil.virtual_memory().total // 4)
 
 
 def target_spacing(spacings: np.ndarray, shapes: np.ndarray) -> tuple[np.ndarray, int | None]:

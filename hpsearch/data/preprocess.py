@@ -186,6 +186,16 @@ def prepare(index: DatasetIndex, config: PreprocessConfig, *, digest: str = "") 
             "and keep_empty_fraction is 0"
         )
     info = {
+        **dataset_info(index, digest, train_ids, val_ids),
+        "preprocess": config.model_dump(mode="json"),
+        "fingerprint": fingerprint.fingerprint().to_dict(),
+    }
+    return PreparedData(**arrays, info=info)
+
+
+def dataset_info(index: DatasetIndex, digest: str, train_ids: list[str], val_ids: list[str]) -> dict[str, Any]:
+    """What both kinds of prepared data say about their dataset and split (JSON-friendly)."""
+    return {
         "dataset": str(index.root),
         "digest": digest,
         "layout": index.layout,
@@ -194,7 +204,4 @@ def prepare(index: DatasetIndex, config: PreprocessConfig, *, digest: str = "") 
         "label_values": list(index.label_values),
         "train_cases": train_ids,
         "val_cases": val_ids,
-        "preprocess": config.model_dump(mode="json"),
-        "fingerprint": fingerprint.fingerprint().to_dict(),
     }
-    return PreparedData(**arrays, info=info)

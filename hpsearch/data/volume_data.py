@@ -86,9 +86,31 @@ class VolumeData:
                 f"{plan.get('dims')}D patches {patch}, classes {self.class_names}")
 
 
+def case_file(name: str, i: int) -> str:
+    """The file of case ``i`` of the list ``name``: ``train_images_0000.npy``."""
+    return f"{name}_{i:04d}.npy"
+
+
 def array_files(data: VolumeData) -> list[str]:
     """The file name of every array, ``train_images_0000.npy`` ..., in :data:`CASE_ARRAYS` order."""
-    return [f"{name}_{i:04d}.npy" for name in CASE_ARRAYS for i in range(len(getattr(data, name)))]
+    return [case_file(name, i) for name in CASE_ARRAYS for i in range(len(getattr(data, name)))]
+
+
+def save_case_array(directory: Path, name: str, i: int, array: np.ndarray) -> str:
+    """Write one case's array into an entry being built case by case; return its file name.
+
+    With :func:`save_info` last, this writes what :func:`save_volume_data` writes without
+    holding every case in memory at once.
+    """
+    file = case_file(name, i)
+    np.save(Path(directory) / file, np.ascontiguousarray(array))
+    return file
+
+
+def save_info(directory: Path, info: dict[str, Any], counts: dict[str, int]) -> str:
+    """Write ``info.json`` with the case ``counts`` per list; return its file name."""
+    (Path(directory) / INFO_FILE).write_text(json.dumps({**info, "counts": counts}, indent=2))
+    return INFO_FILE
 
 
 def save_volume_data(data: VolumeData, directory: Path) -> list[str]:
@@ -99,13 +121,11 @@ def save_volume_data(data: VolumeData, directory: Path) -> list[str]:
     """
     directory = Path(directory)
     directory.mkdir(parents=True)
-    names = array_files(data)
-    arrays = [a for name in CASE_ARRAYS for a in getattr(data, name)]
-    for name, array in zip(names, arrays):
-        np.save(directory / name, np.ascontiguousarray(array))
-    info = {**data.info, "counts": {name: len(getattr(data, name)) for name in CASE_ARRAYS}}
-    (directory / INFO_FILE).write_text(json.dumps(info, indent=2))
-    return [*names, INFO_FILE]
+    names = [
+        save_case_array(directory, name, i, array)
+        for name in CASE_ARRAYS for i, array in enumerate(getattr(data, name))
+    ]
+    return [*names, save_info(directory, data.info, {name: len(getattr(data, name)) for name in CASE_ARRAYS})]
 
 
 def load_volume_data(directory: Path, *, mmap: bool = True) -> VolumeData:
@@ -115,7 +135,7 @@ def load_volume_data(directory: Path, *, mmap: bool = True) -> VolumeData:
     counts = info.get("counts", {})
     mode = "r" if mmap else None
     lists = {
-        name: [np.load(directory / f"{name}_{i:04d}.npy", mmap_mode=mode) for i in range(counts.get(name, 0))]
+        name: [np.load(directory / case_file(name, i), mmap_mode=mode) for i in range(counts.get(name, 0))]
         for name in CASE_ARRAYS
     }
     return VolumeData(**lists, info=info)
@@ -124,4 +144,4 @@ def load_volume_data(directory: Path, *, mmap: bool = True) -> VolumeData:
 def volume_data_files(directory: Path) -> list[str]:
     """The files of a saved entry, from its ``info.json`` (for checksums)."""
     counts = json.loads((Path(directory) / INFO_FILE).read_text()).get("counts", {})
-    return [f"{name}_{i:04d}.npy" for name in CASE_ARRAYS for i in range(counts.get(name, 0))] + [INFO_FILE]
+    return [case_file(name, i) for name in CASE_ARRAYS for i in range(counts.get(name, 0))] + [INFO_FILE]

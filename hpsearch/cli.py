@@ -161,7 +161,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise HpsearchError(f"--out {args.out}: folder exists and is not empty; choose a new one")
 
     started = time.perf_counter()
-    data, from_cache = load_dataset(job.dataset)
+    data, from_cache = job.load_data()
     info = data.info
     print(f"data: {data.summary()} ({'cache' if from_cache else 'preprocessed'} in "
           f"{time.perf_counter() - started:.1f}s)", flush=True)

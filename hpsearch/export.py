@@ -189,12 +189,13 @@ def _preprocessing(data_info: dict) -> dict[str, Any]:
     return {
         "plan": dict(data_info["plan"]),
         "volume_config": dict(data_info["volume_config"]),
+        "sampling": dict(data_info.get("sampling") or {}),
         "intensity": dict(data_info.get("intensity") or {}),
         "inference": {"overlap": OVERLAP, "mirror": False},
     }
 
 
-def _verify_reload(model: keras.Model, path: Path, input_shape: tuple[int, ...]) -> None:
+def _verify_reload(model: keras.Model, path: Path, shape: tuple[int, ...]) -> None:
     """Reload as a user would and check the output, so a broken export never ships."""
     import keras
 
@@ -204,7 +205,7 @@ def _verify_reload(model: keras.Model, path: Path, input_shape: tuple[int, ...])
         raise HpsearchError(
             f"{path}: the saved model does not reload with safe_mode=True ({type(exc).__name__}: {exc})"
         ) from None
-    zeros = np.zeros((1, *input_shape), np.float32)
+    zeros = np.zeros((1, *shape), np.float32)
     expected = np.asarray(model(zeros, training=False))
     got = np.asarray(reloaded(zeros, training=False))
     if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-4, atol=1e-5):

@@ -120,12 +120,12 @@ class PatchFeed:
         """``samples_per_epoch / batch_size`` (rounded up) augmented batches of epoch ``epoch``."""
         if self._loader is None or batch_size != self._batch_size:
             self.close()
-            settings = self.data.info["volume_config"]
+            settings = self.data.info["sampling"]
             self._loader = PatchLoader(
                 self._open_data(),
                 dims=int(self.plan["dims"]),
                 patch_size=tuple(self.plan["patch_size"]),
-                slice_axis=self.plan.get("slice_axis"),
+                slice_axis=2 if self.plan.get("slice_axis") is None else int(self.plan["slice_axis"]),
                 batch_size=batch_size,
                 samples_per_epoch=int(settings["samples_per_epoch"]),
                 foreground_fraction=float(settings["foreground_fraction"]),
@@ -134,7 +134,7 @@ class PatchFeed:
                 workers=self.workers if self.data.info.get("entry") else 0,
             )
             self._batch_size = batch_size
-        steps = math.ceil(int(self.data.info["volume_config"]["samples_per_epoch"]) / batch_size)
+        steps = math.ceil(int(self.data.info["sampling"]["samples_per_epoch"]) / batch_size)
         return self._loader.epoch(epoch), steps
 
     def evaluate(self, model: keras.Model, loss_fn: Callable, batch_size: int) -> tuple[float, SegmentationScores]:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from hpsearch.data import physical
+from hpsearch.data.config import VolumeConfig
 from hpsearch.inference import predict_case
 
 OVERLAP = 0.5  # nnU-Net's tile_step_size
@@ -49,7 +50,8 @@ def case_logits(
     overlap = (settings.get("inference") or {}).get("overlap", OVERLAP)
     logits = predict_case(image, predict_batch, plan["patch_size"], len(settings["label_values"]),
                           slice_axis=plan.get("slice_axis"), overlap=overlap, batch_size=batch_size, mirror=mirror)
-    return physical.to_original_geometry(logits, tuple(original_shape), spacing, settings["volume_config"])
+    target = physical.case_target(spacing, VolumeConfig(**settings["volume_config"]))
+    return physical.to_original_geometry(logits, tuple(original_shape), spacing, target)
 
 
 def segment_scan(
@@ -62,7 +64,8 @@ def segment_scan(
     mirror: bool = False,
 ) -> np.ndarray:
     """Class indices ``(X, Y, Z)`` of a raw scan ``(X, Y, Z, C)``: preprocess, predict, restore."""
-    prepared = physical.preprocess_case(image, spacing, settings["volume_config"], settings.get("intensity") or {})
+    config = VolumeConfig(**settings["volume_config"])
+    prepared = physical.preprocess_case(image, spacing, config, settings.get("intensity") or {})
     logits = case_logits(prepared, predict_batch, settings, image.shape[:3], spacing,
                          batch_size=batch_size, mirror=mirror)
     return np.argmax(logits, axis=-1).astype(np.uint8)

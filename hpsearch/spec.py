@@ -89,6 +89,20 @@ class Job(BaseModel):
         """The job's hyperparameters with every default filled in."""
         return validate_params(self.family, self.params)
 
+    def load_data(self, plan: dict[str, Any] | None = None):
+        """The job's preprocessed data (:func:`hpsearch.data.load_dataset`) and whether it came
+        from the cache; in patch mode planned for one trial's memory (see
+        :func:`~hpsearch.runtime.trial_memory_bytes`) and the job's ``base_filters``, or on
+        ``plan`` (a :meth:`Plan.to_dict`, e.g. the plan a resumed search was trained on)."""
+        from hpsearch.data import Plan, load_dataset
+        from hpsearch.runtime import trial_memory_bytes
+
+        if self.dataset.dims is None:
+            return load_dataset(self.dataset)
+        budget = trial_memory_bytes(self.runtime, self.resources.cpus_per_trial, self.resources.gpus_per_trial)
+        return load_dataset(self.dataset, budget, base_filters=getattr(self.trial_params(), "base_filters", 32),
+                            plan=Plan.from_dict(plan) if plan else None)
+
 
 def load_job(path: str | Path, overrides: Iterable[str] = ()) -> Job:
     """Read and validate a job file, applying ``key=value`` overrides first.

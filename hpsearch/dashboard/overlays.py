@@ -42,7 +42,8 @@ class Overlays:
 
 
 def best_trial_overlays(search: Search, count: int = 4) -> Overlays:
-    """Overlays of the best trial's predictions on ``count`` validation slices.
+    """Overlays of the best trial's predictions on ``count`` validation slices (patch mode:
+    one slice of each of ``count`` whole validation scans).
 
     Returns an :class:`Overlays` with a ``message`` instead of a picture when the search
     kept no checkpoint to predict with (an unfinished search has no ``results.json``).
@@ -59,7 +60,10 @@ def best_trial_overlays(search: Search, count: int = 4) -> Overlays:
         where = checkpoint or f"{search.experiment_dir}/results.json"
         return Overlays(b"", best.trial_id, message=f"no checkpoint of trial {best.trial_id} at {where} "
                                                     "(the search has not finished, or its storage was cleaned)")
-    data, _ = load_dataset(Job.model_validate(search.job).dataset)
+    job = Job.model_validate(search.job)
+    if job.dataset.dims is not None:
+        return _case_overlays(search, job, checkpoint, best.trial_id, count)
+    data, _ = load_dataset(job.dataset)
     rows = pick_slices(np.asarray(data.val_y), np.asarray(data.val_case), count)
     x, truth = np.asarray(data.val_x[rows]), np.asarray(data.val_y[rows])
     prediction = _predict(checkpoint, search.data_info, x)
@@ -72,6 +76,33 @@ def best_trial_overlays(search: Search, count: int = 4) -> Overlays:
                        "dice": {name: float(d) for name, d in zip(names[1:], dice[1:])}})
     png = _draw(x[..., 0], truth, prediction, names, slices, best.trial_id)
     return Overlays(png, best.trial_id, slices)
+
+
+def _case_overlays(search: Search, job, checkpoint: Path, trial_id: str, count: int) -> Overlays:
+    """Patch mode: whole validation scans segmented as ``hpsearch predict`` would, one slice
+    each (the fullest along the slice axis), in the scan's own geometry."""
+    from hpsearch.data import load_case, read_index
+    from hpsearch.segment import keras_logits, segment_scan
+
+    info = search.data_info
+    index = read_index(job.dataset.path)
+    by_id = {case.case_id: case for case in index.cases}
+    model = _model(checkpoint, info)
+    axis = info["plan"].get("slice_axis")
+    axis = job.dataset.slice_axis if axis is None else axis
+    names, images, truths, predictions, slices = list(info["class_names"]), [], [], [], []
+    for case_id in info["val_cases"][:count]:
+        volumes = load_case(index, by_id[case_id])
+        predicted = segment_scan(volumes.image, volumes.spacing, keras_logits(model), info)
+        dice = compute_dice(predicted, volumes.label, len(names))
+        truth = np.moveaxis(volumes.label, axis, 0)
+        row = int(np.argmax((truth > 0).reshape(len(truth), -1).sum(axis=1)))
+        images.append(np.moveaxis(volumes.image[..., 0], axis, 0)[row])
+        truths.append(truth[row])
+        predictions.append(np.moveaxis(predicted, axis, 0)[row])
+        slices.append({"case": case_id, "slice": row, "dice": {n: float(d) for n, d in zip(names[1:], dice[1:])}})
+    png = _draw(images, truths, predictions, names, slices, trial_id)
+    return Overlays(png, trial_id, slices)
 
 
 def pick_slices(labels: np.ndarray, cases: np.ndarray, count: int) -> list[int]:
@@ -96,12 +127,16 @@ def pick_slices(labels: np.ndarray, cases: np.ndarray, count: int) -> list[int]:
     return (first + rest)[:count]
 
 
-def _predict(checkpoint: Path, data_info: dict, x: np.ndarray) -> np.ndarray:
+def _model(checkpoint: Path, data_info: dict):
     from hpsearch.export import model_from_checkpoint
     from hpsearch.trainer import STATE_FILE
 
     state = json.loads((checkpoint / STATE_FILE).read_text())
-    model, _ = model_from_checkpoint(checkpoint, state, data_info)
+    return model_from_checkpoint(checkpoint, state, data_info)[0]
+
+
+def _predict(checkpoint: Path, data_info: dict, x: np.ndarray) -> np.ndarray:
+    model = _model(checkpoint, data_info)
     # A direct call, not predict(): a handful of slices, no tf.function tracing to pay.
     return np.argmax(np.asarray(model(x, training=False)), axis=-1).astype(np.uint8)
 

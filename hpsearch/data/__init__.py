@@ -91,6 +91,7 @@ def load_dataset(
     memory_budget_bytes: int | None = None,
     *,
     base_filters: int = DEFAULT_BASE_FILTERS,
+    plan: Plan | None = None,
 ) -> tuple[PreparedData | VolumeData, bool]:
     """Preprocessed data for a job's dataset section.
 
@@ -102,16 +103,24 @@ def load_dataset(
         memory_budget_bytes: Patch mode: the training memory the plan's patch and batch
             size must fit (default :func:`default_memory_budget`). Unused in slice mode.
         base_filters: Patch mode: the U-Net's first-level filters, for the same estimate.
+        plan: Patch mode: use this plan instead of planning (a resumed search keeps the
+            plan its checkpoints were trained with, whatever this machine's memory).
 
     Returns:
         :class:`PreparedData` (slice mode) or :class:`VolumeData` (patch mode, with
-        ``info["plan"]``), and whether it came from the cache.
+        ``info["plan"]`` and ``info["sampling"]``: patches per epoch and foreground
+        fraction), and whether it came from the cache.
     """
     if config.synthetic and not config.path.exists() and not config.path.is_symlink():
         synthesize(config.synthetic, config.path, config.synthetic_cases, config.synthetic_seed)
     index = read_index(config.path)
     if config.dims is None:
         return prepare_cached(index, config.preprocess(), config.cache_dir)
-    budget = default_memory_budget() if memory_budget_bytes is None else memory_budget_bytes
-    plan = resolve_plan(index, config, budget, base_filters=base_filters)
-    return prepare_volumes_cached(index, config.volume_config(plan), plan, config.cache_dir)
+    if plan is None:
+        budget = default_memory_budget() if memory_budget_bytes is None else memory_budget_bytes
+        plan = resolve_plan(index, config, budget, base_filters=base_filters)
+    data, hit = prepare_volumes_cached(index, config.volume_config(plan), plan, config.cache_dir)
+    # How training samples, recorded with the data so the trainer and the search state see it.
+    data.info["sampling"] = {"samples_per_epoch": config.samples_per_epoch,
+                             "foreground_fraction": config.foreground_fraction}
+    return data, hit

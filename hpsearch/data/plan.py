@@ -108,6 +108,11 @@ class Plan:
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Plan:
+        """The plan :meth:`to_dict` wrote (e.g. into a search's state, to resume on the same plan)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
     def format(self) -> str:
         """The plan as aligned text lines, like ``data check``'s fingerprint."""
         coarse = (

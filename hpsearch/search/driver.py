@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ray import tune
 
-from hpsearch.data import load_dataset, read_index
+from hpsearch.data import read_index
 from hpsearch.data.cache import cached_file_digests, digest_of_files
 from hpsearch.data.guard import real_path, refuse_inside
 from hpsearch.errors import HpsearchError, SearchInterrupted
@@ -58,7 +58,7 @@ def run_search(job_path: Path, overrides=(), *, address: str | None = None, echo
     _refuse_outputs_in_dataset(job)
     ensure_reachable(job.tracking.uri)
 
-    data, from_cache = load_dataset(job.dataset)
+    data, from_cache = job.load_data()
     check_metric(job.search.metric, job.search.mode, data.class_names)
     files = cached_file_digests(read_index(job.dataset.path), job.dataset.cache_dir)
     echo(f"data: {data.summary()} ({'cache' if from_cache else 'preprocessed'})")
@@ -70,7 +70,7 @@ def run_search(job_path: Path, overrides=(), *, address: str | None = None, echo
     try:
         parent_run_id = start_search_run(
             job.tracking.uri, job.tracking.experiment or job.name, run_name=folder.name,
-            params=_search_params(job), artifacts=copies, dataset_fingerprint=data.info.get("fingerprint"),
+            params=_search_params(job, data.info), artifacts=copies, dataset_fingerprint=data.info.get("fingerprint"),
             tags={"hpsearch.job": str(job_path), "hpsearch.experiment_dir": str(folder),
                   "mlflow.source.git.commit": _code_version()})
         experiment = Experiment.create(folder, SearchState(
@@ -102,7 +102,7 @@ def resume_search(experiment_dir: Path, *, address: str | None = None, echo: Ech
     ensure_reachable(experiment.state.tracking_uri, f"{experiment.path.name}: tracking_uri")
     files = cached_file_digests(read_index(job.dataset.path), job.dataset.cache_dir)
     changed = experiment.check_dataset(digest_of_files(files), files, accept=accept_data_change)
-    data, _ = load_dataset(job.dataset)
+    data, _ = job.load_data(plan=experiment.state.data_info.get("plan"))
     if changed:
         experiment.update_data_info(data.info)
         echo(f"warning: dataset changed ({len(changed)} file(s)); accepted and recorded in {experiment.path}")
@@ -222,7 +222,11 @@ def _alive_nodes() -> int:
     return sum(1 for node in ray.nodes() if node.get("Alive"))
 
 
-def _search_params(job: Job) -> dict:
+def _search_params(job: Job, data_info: dict) -> dict:
+    """The parent run's params: the search's settings, the dataset's plan (patch mode) and
+    the job's default hyperparameters."""
+    plan = data_info.get("plan") or {}
+    shown = ("dims", "target_spacing", "patch_size", "poolings", "batch_size", "median_shape", "slice_axis")
     return {
         "model": job.model,
         "sampler": job.search.sampler,
@@ -238,7 +242,9 @@ def _search_params(job: Job) -> dict:
         "cpus_per_trial": job.resources.cpus_per_trial,
         "gpus_per_trial": job.resources.gpus_per_trial,
         "dataset": str(job.dataset.path),
-        "image_size": list(job.dataset.image_size),
+        **({"image_size": list(job.dataset.image_size)} if not plan else {}),
+        **{f"plan.{k}": plan[k] for k in shown if k in plan},
+        **({f"augment.{k}": v for k, v in job.augment.model_dump().items()} if plan else {}),
         **{f"default.{k}": v for k, v in job.params.items()},
     }
 

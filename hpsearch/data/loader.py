@@ -113,25 +113,34 @@ def _worker_main(open_data: Callable[[], VolumeData], settings: PatchSettings, c
     """A worker: answer ``(epoch, index)`` requests with batches until ``None`` or the parent is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent stops us
     try:
-        maker = BatchMaker(_open(open_data), settings)
-        while (task := conn.recv()) is not None:
-            conn.send(("ok", task, maker.make(*task)))
-    except (EOFError, BrokenPipeError):  # the parent closed its end or died: nothing to report to
-        return
-    except BaseException:
         try:
+            maker = BatchMaker(_open(open_data), settings)
+        except BaseException:
             conn.send(("error", None, traceback.format_exc()))
-        except OSError:
-            pass
+            return
+        while (task := conn.recv()) is not None:
+            try:
+                batch = maker.make(*task)
+            except BaseException:
+                conn.send(("error", task, traceback.format_exc()))
+                return
+            conn.send(("ok", task, batch))
+    except (EOFError, OSError):  # the pipe: the parent closed its end or died, nobody to report to
+        return
 
 
 def _stop(processes: list, conns: list) -> None:
-    """Ask each worker to stop, then terminate and kill by pid whatever is still alive."""
+    """Ask each worker to stop, then terminate and kill by pid whatever is still alive.
+
+    Closing our pipe ends right after the request wakes a worker blocked sending a batch
+    nobody will read (``BrokenPipeError``); the request itself stays readable for one idle.
+    """
     for conn in conns:
         try:
             conn.send(None)
         except OSError:
             pass
+        conn.close()
     for proc in processes:
         proc.join(timeout=3)
         if proc.is_alive():
@@ -140,8 +149,6 @@ def _stop(processes: list, conns: list) -> None:
         if proc.is_alive():
             proc.kill()
             proc.join()
-    for conn in conns:
-        conn.close()
     processes.clear()
     conns.clear()
 

@@ -209,19 +209,22 @@ class PatchLoader:
         self._wanted: collections.deque = collections.deque()
         self._ready: dict[tuple[int, int], Batch] = {}
         self._next: tuple[int, int] | None = None
-        if workers:
-            context = multiprocessing.get_context("spawn")
+        self._busy = [0] * workers
+        # Stops the workers even if close() is never called (the lists are shared, not copies).
+        self._finalizer = weakref.finalize(self, _stop, self._processes, self._conns)
+        context = multiprocessing.get_context("spawn")
+        try:
             for _ in range(workers):
                 parent_end, child_end = context.Pipe()
                 proc = context.Process(target=_worker_main, args=(open_data, self.settings, child_end),
                                        daemon=True, name="hpsearch-patch-loader")
-                proc.start()
+                self._conns.append(parent_end)
+                proc.start()  # pickles open_data: a lambda or local function fails here
                 child_end.close()
                 self._processes.append(proc)
-                self._conns.append(parent_end)
-            self._busy = [0] * workers
-        # Stops the workers even if close() is never called (the lists are shared, not copies).
-        self._finalizer = weakref.finalize(self, _stop, self._processes, self._conns)
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def worker_pids(self) -> list[int]:
@@ -235,7 +238,7 @@ class PatchLoader:
             for index in range(self.batches_per_epoch):
                 yield self._maker.make(epoch, index)
             return
-        if not (self._wanted[0] if self._wanted else self._next) == (epoch, 0):
+        if (self._wanted[0] if self._wanted else self._next) != (epoch, 0):
             # Not the continuation of what was requested ahead: forget it, start at this epoch.
             self._wanted.clear()
             self._ready.clear()

@@ -107,6 +107,14 @@ def test_a_worker_error_surfaces_once_and_stops_every_worker(tmp_path):
         list(loader.epoch(1))
 
 
+def test_an_unpicklable_opener_fails_at_once_and_leaves_no_worker(entry):
+    before = _children()
+    with pytest.raises(Exception, match="pickle"):
+        PatchLoader(lambda: load_volume_data(entry), dims=2, patch_size=(8, 8), batch_size=2, samples_per_epoch=4,
+                    workers=2)
+    assert _children() == before
+
+
 def test_closing_an_unused_loader_stops_its_workers(entry):
     before = _children()
     loader = PatchLoader(functools.partial(load_volume_data, entry), dims=2, patch_size=(8, 8), batch_size=2,

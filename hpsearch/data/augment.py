@@ -62,7 +62,8 @@ class AugmentConfig(pydantic.BaseModel):
         enabled: False turns every transform off (:meth:`none`).
         mirror: Flip each spatial axis with probability 0.5.
         rotation: Maximum absolute angle in degrees (uniform in ``[-rotation, rotation]``;
-            2D: in plane; 3D: about each axis); 0 disables.
+            2D: in plane; 3D: about each axis, or only about the short axis of a patch
+            more than 3 times longer than it is short, see :func:`rotation_axes`); 0 disables.
         scale: Zoom factor range (> 1 zooms out: the patch covers more of the case).
         elastic_alpha, elastic_sigma: Elastic deformation magnitude and smoothness (voxels),
             batchgenerators' units.
@@ -146,13 +147,26 @@ def sample_size(config: AugmentConfig, patch_size: Sequence[int]) -> tuple[int, 
     extent = [float(p) for p in patch]
     if config._rotates:
         r = math.radians(config.rotation)
-        planes = [(0, 1)] if len(patch) == 2 else [(0, 1), (0, 2), (1, 2)]
+        planes = [(0, 1)] if len(patch) == 2 else [tuple(a for a in range(3) if a != axis)
+                                                  for axis in rotation_axes(patch)]
         for i, j in planes:
             for a, b in ((i, j), (j, i)):
                 extent[a] = max(extent[a], _rotated_extent(patch[a], patch[b], r))
     zoom = max(1.0, config.scale[1]) if config._scales else 1.0
     sizes = [max(p, math.ceil(e * zoom - 1e-6)) for p, e in zip(patch, extent)]
     return tuple(s + (s - p) % 2 for s, p in zip(sizes, patch))
+
+
+def rotation_axes(patch_size: Sequence[int]) -> tuple[int, ...]:
+    """The axes a 3D patch is rotated about: all three, or only the short one when anisotropic.
+
+    nnU-Net's rule (``ANISO_THRESHOLD`` 3): a patch of thick-slice data, e.g. 20x160x160,
+    is rotated only in the plane of its long axes; tilting it would need many slices the
+    patch does not have and mixes the coarse axis into the fine ones.
+    """
+    if max(patch_size) > 3 * min(patch_size):
+        return (int(np.argmin(patch_size)),)
+    return (0, 1, 2)
 
 
 def _rotated_extent(along: int, across: int, max_angle: float) -> float:
@@ -180,12 +194,15 @@ def build_transforms(config: AugmentConfig, patch_size: Sequence[int]) -> Compos
     transforms = []
     if config.spatial:
         angle = math.radians(config.rotation)
+        # batchgenerators' angle_x/y/z rotate about axes 0/1/2 (2D uses angle_x only).
+        about = rotation_axes(patch) if dims == 3 else (0,)
+        angles = [(-angle, angle) if axis in about else (0.0, 0.0) for axis in range(3)]
         transforms.append(SpatialTransform(
             patch, patch_center_dist_from_border=None, random_crop=False,
             do_elastic_deform=config.elastic_p > 0, alpha=config.elastic_alpha, sigma=config.elastic_sigma,
             p_el_per_sample=config.elastic_p,
-            do_rotation=config._rotates, angle_x=(-angle, angle), angle_y=(-angle, angle),
-            angle_z=(-angle, angle), p_rot_per_sample=config.rotation_p,
+            do_rotation=config._rotates, angle_x=angles[0], angle_y=angles[1], angle_z=angles[2],
+            p_rot_per_sample=config.rotation_p,
             do_scale=config._scales, scale=config.scale, p_scale_per_sample=config.scale_p,
             border_mode_data="constant", border_cval_data=0, order_data=3,
             border_mode_seg="constant", border_cval_seg=0, order_seg=0))

@@ -67,9 +67,23 @@ def test_config_is_frozen_and_accepts_lists_from_job_files():
     (AugmentConfig(), (33, 40), (53, 60)),
     (AugmentConfig(rotation=90, scale=(1, 1)), (30, 40), (50, 50)),  # the diagonal
     (AugmentConfig(rotation=0, elastic_p=0), (16, 24, 20), (20, 30, 26)),
+    # Anisotropic 3D patch: rotated only in the plane of axes 1 and 2, so axis 0 keeps its size.
+    (AugmentConfig(scale=(1, 1)), (10, 64, 48), (10, 76, 64)),
 ])
 def test_sample_size_covers_rotation_and_zoom_out(config, patch, box):
     assert sample_size(config, patch) == box
+
+
+def test_an_anisotropic_3d_patch_is_rotated_in_plane_only():
+    """Labels constant along axis 0 stay constant along it under rotation (no tilt into the coarse axis)."""
+    config = AugmentConfig(**{**SPATIAL_ONLY, "elastic_p": 0, "scale": (1, 1)})
+    patch = (6, 40, 36)
+    box = sample_size(config, patch)
+    labels = np.repeat(np.repeat(_blobs(box[1:])[None], box[0], axis=0)[None], 4, axis=0)
+    _, y = augment_batch(build_transforms(config, patch), labels[:, None].astype(np.float32), labels, seed=1)
+    assert (y == y[:, :1]).all()
+    centre = tuple(slice((b - p) // 2, (b - p) // 2 + p) for b, p in zip(box, patch))
+    assert (y != labels[(slice(None), *centre)]).mean() > 0.05  # but rotated it was
 
 
 @pytest.mark.parametrize("patch", [(40, 48), (20, 24, 22)])

@@ -95,4 +95,5 @@ def test_3d_search_exports_a_model_whose_predictions_score_the_reported_val_dice
         to_class = np.searchsorted(labels, values)
         true_class = np.searchsorted(labels, np.asarray(truth.dataobj).astype(int))
         scores.append(compute_dice(to_class, true_class, len(labels))[1:].mean())
+    assert best["best_value"] > 0
     assert float(np.mean(scores)) == pytest.approx(best["best_value"], abs=1e-4)

@@ -38,15 +38,12 @@ from collections.abc import Sequence
 
 import numpy as np
 import pydantic
-from batchgenerators.transforms.abstract_transforms import Compose
-from batchgenerators.transforms.color_transforms import (
-    BrightnessMultiplicativeTransform,
-    ContrastAugmentationTransform,
-    GammaTransform,
-)
-from batchgenerators.transforms.noise_transforms import GaussianBlurTransform, GaussianNoiseTransform
-from batchgenerators.transforms.resample_transforms import SimulateLowResolutionTransform
-from batchgenerators.transforms.spatial_transforms import MirrorTransform, SpatialTransform
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from batchgenerators.transforms.abstract_transforms import Compose
+# batchgenerators (with scikit-image: ~3 s) is imported where transforms are built: the job
+# file's `augment:` section is validated by every command, which must not pay for it.
 
 Range = tuple[float, float]
 # Every ``*_p`` field is a per-sample probability; every field named in RANGES is a (low, high) interval.
@@ -185,6 +182,16 @@ def build_transforms(config: AugmentConfig, patch_size: Sequence[int]) -> Compos
     With nothing spatial enabled the list holds no ``SpatialTransform``; then the box *is*
     the patch (:func:`sample_size`).
     """
+    from batchgenerators.transforms.abstract_transforms import Compose
+    from batchgenerators.transforms.color_transforms import (
+        BrightnessMultiplicativeTransform,
+        ContrastAugmentationTransform,
+        GammaTransform,
+    )
+    from batchgenerators.transforms.noise_transforms import GaussianBlurTransform, GaussianNoiseTransform
+    from batchgenerators.transforms.resample_transforms import SimulateLowResolutionTransform
+    from batchgenerators.transforms.spatial_transforms import MirrorTransform, SpatialTransform
+
     patch = tuple(int(p) for p in patch_size)
     dims = len(patch)
     if dims not in (2, 3):

@@ -144,7 +144,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from hpsearch.runtime import quiet_tensorflow
 
     quiet_tensorflow()
-    from hpsearch.data import load_dataset
     from hpsearch.data.guard import refuse_inside
     from hpsearch.runtime import configure_tensorflow
     from hpsearch.spec import load_job
@@ -162,7 +161,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     data, from_cache = job.load_data()
-    info = data.info
     print(f"data: {data.summary()} ({'cache' if from_cache else 'preprocessed'} in "
           f"{time.perf_counter() - started:.1f}s)", flush=True)
     configure_tensorflow(runtime)

@@ -53,7 +53,7 @@ class DatasetConfig(PreprocessConfig):
 
     Attributes:
         path: Folder in MSD or nnU-Net v2 layout, relative to the working directory.
-        synthetic: ``lv`` or ``brats``: generate the dataset at ``path`` first when
+        synthetic: ``lv``, ``brats`` or ``brain``: generate the dataset at ``path`` first when
             the folder does not exist (demo and tests).
         synthetic_cases: Cases to generate.
         synthetic_seed: Seed of the generator.
@@ -62,7 +62,7 @@ class DatasetConfig(PreprocessConfig):
     """
 
     path: Path
-    synthetic: Literal["lv", "brats"] | None = None
+    synthetic: Literal["lv", "brats", "brain"] | None = None
     synthetic_cases: int = Field(24, ge=2, le=10_000)
     synthetic_seed: int = 0
     cache_dir: Path | None = None

@@ -61,7 +61,7 @@ def brain_case(rng: np.random.Generator, shape: tuple[int, int, int], spacing0: 
     depth = (1.0 - rho) * radius  # mm below the outer surface (negative outside)
 
     # Sulci: narrow clefts along F = 0, as deep as a varying sulcal depth; the fissure.
-    fold = _smooth_noise(rng, shape, rng.uniform(2.6, 3.2) / mm)
+    fold = _smooth_noise(rng, shape, rng.uniform(2.1, 2.6) / mm)
     sulcal_depth = rng.uniform(14.0, 20.0) * (1.0 + 0.3 * _smooth_noise(rng, shape, 20.0 / mm))
     carve = sulcal_depth * np.exp(-((fold / rng.uniform(0.18, 0.26)) ** 2))
     fissure = rng.uniform(28.0, 36.0) * np.exp(-(((x - centre[0]) / 1.2) ** 2)) * (np.abs(y - centre[1]) < 0.8 * semi[1])

@@ -61,15 +61,15 @@ def brain_case(rng: np.random.Generator, shape: tuple[int, int, int], spacing0: 
     depth = (1.0 - rho) * radius  # mm below the outer surface (negative outside)
 
     # Sulci: narrow clefts along F = 0, as deep as a varying sulcal depth; the fissure.
-    fold = _smooth_noise(rng, shape, rng.uniform(2.1, 2.6) / mm)
-    sulcal_depth = rng.uniform(14.0, 20.0) * (1.0 + 0.3 * _smooth_noise(rng, shape, 20.0 / mm))
+    fold = _smooth_noise(rng, shape, rng.uniform(1.8, 2.2) / mm)
+    sulcal_depth = rng.uniform(16.0, 24.0) * (1.0 + 0.3 * _smooth_noise(rng, shape, 20.0 / mm))
     carve = sulcal_depth * np.exp(-((fold / rng.uniform(0.18, 0.26)) ** 2))
     fissure = rng.uniform(28.0, 36.0) * np.exp(-(((x - centre[0]) / 1.2) ** 2)) * (np.abs(y - centre[1]) < 0.8 * semi[1])
     phi = depth - np.maximum(carve, fissure)
     phi /= np.maximum(np.linalg.norm(np.gradient(phi, *spacing), axis=0), 0.2)  # signed distance, mm
 
     # Cortical thickness varies a little over the brain and between subjects.
-    thickness = rng.uniform(2.2, 2.8) * (1.0 + 0.12 * _smooth_noise(rng, shape, 15.0 / mm))
+    thickness = rng.uniform(2.0, 2.6) * (1.0 + 0.12 * _smooth_noise(rng, shape, 15.0 / mm))
     label = np.where(phi > 0, np.where(phi < thickness, 1, 2), 0).astype(np.uint8)
     tissue_in = _sigmoid(phi / _EDGE_MM)
     white = _sigmoid((phi - thickness) / _EDGE_MM)
@@ -92,7 +92,7 @@ def brain_case(rng: np.random.Generator, shape: tuple[int, int, int], spacing0: 
     intensity *= 1.0 + 0.03 * _smooth_noise(rng, shape, 1.5 / mm)
     image = ndimage.gaussian_filter(intensity.astype(np.float32), 0.5 / mm * [1, 1, 1.5])
     image *= _bias_field(rng, shape, 0.2) * rng.uniform(700.0, 1300.0)
-    sigma = rng.uniform(0.03, 0.06) * float(image[label == 2].mean())
+    sigma = rng.uniform(0.04, 0.07) * float(image[label == 2].mean())
     image = np.hypot(image + rng.normal(0, sigma, shape), rng.normal(0, sigma, shape))
     head = depth > -rng.uniform(1.5, 3.0)  # skull-stripping keeps a thin rim of outer CSF
     return np.where(head, image, 0.0).astype(np.float32), np.where(head, label, 0).astype(np.uint8), spacing

@@ -132,7 +132,7 @@ def _parser() -> argparse.ArgumentParser:
     plan.set_defaults(func=_cmd_data_plan)
 
     synth = data.add_parser("synth", help="write a synthetic NIfTI dataset in MSD layout")
-    synth.add_argument("--kind", required=True, choices=["lv", "brats"])
+    synth.add_argument("--kind", required=True, choices=["lv", "brats", "brain"])
     synth.add_argument("--cases", type=int, default=24)
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--out", type=Path, required=True, help="new folder to create")

@@ -108,7 +108,7 @@ class DatasetConfig(PreprocessConfig):
         samples_per_epoch: Patch mode: training patches per epoch, so an epoch's compute
             does not depend on the batch size.
         path: Folder in MSD or nnU-Net v2 layout, relative to the working directory.
-        synthetic: ``lv`` or ``brats``: generate the dataset at ``path`` first when
+        synthetic: ``lv``, ``brats`` or ``brain``: generate the dataset at ``path`` first when
             the folder does not exist (demo and tests).
         synthetic_cases: Cases to generate.
         synthetic_seed: Seed of the generator.
@@ -123,7 +123,7 @@ class DatasetConfig(PreprocessConfig):
     foreground_fraction: float = Field(0.33, ge=0.0, le=1.0)
     samples_per_epoch: int = Field(256, ge=1)
     path: Path
-    synthetic: Literal["lv", "brats"] | None = None
+    synthetic: Literal["lv", "brats", "brain"] | None = None
     synthetic_cases: int = Field(24, ge=2, le=10_000)
     synthetic_seed: int = 0
     cache_dir: Path | None = None

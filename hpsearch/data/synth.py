@@ -1,12 +1,15 @@
 """Synthetic datasets in Medical Segmentation Decathlon layout, for demos and tests.
 
-Two kinds, each a small stand-in for a real task that a U-Net can learn in minutes:
+Three kinds, each a small stand-in for a real task that a U-Net can learn in minutes:
 
 * ``"lv"``: cardiac short-axis cine MRI (Sunnybrook left ventricle); 3D images,
   label 1 = LV blood pool. Default shape (96, 96, 12), spacing ~(1.4, 1.4, 8.0) mm.
 * ``"brats"``: skull-stripped multi-parametric brain MRI (BraTS); 4D images with
   T1, T1ce, T2, FLAIR on the last axis, labels 1 necrotic core, 2 edema,
   4 enhancing tumour. Default shape (64, 64, 24), spacing (1.0, 1.0, 2.5) mm.
+* ``"brain"``: skull-stripped T1-weighted brain MRI (a tissue-segmentation task):
+  labels 1 grey matter (a thin folded cortical ribbon), 2 white matter. Default
+  shape (197, 233, 40), spacing (1.0, 1.0, 3.0) mm. See :mod:`hpsearch.data.synth_brain`.
 
 The nominal field of view is fixed, so a non-default ``shape`` changes the voxel
 spacing rather than the anatomy. Output is deterministic for a given seed.
@@ -32,10 +35,10 @@ from scipy import ndimage
 
 from hpsearch.errors import HpsearchError
 
-KINDS = ("lv", "brats")
-_DEFAULT_SHAPE = {"lv": (96, 96, 12), "brats": (64, 64, 24)}
-_DEFAULT_SPACING = {"lv": (1.4, 1.4, 8.0), "brats": (1.0, 1.0, 2.5)}
-_MIN_SHAPE = {"lv": (32, 32, 4), "brats": (24, 24, 8)}
+KINDS = ("lv", "brats", "brain")
+_DEFAULT_SHAPE = {"lv": (96, 96, 12), "brats": (64, 64, 24), "brain": (197, 233, 40)}
+_DEFAULT_SPACING = {"lv": (1.4, 1.4, 8.0), "brats": (1.0, 1.0, 2.5), "brain": (1.0, 1.0, 3.0)}
+_MIN_SHAPE = {"lv": (32, 32, 4), "brats": (24, 24, 8), "brain": (32, 32, 8)}
 _MANIFEST = {
     "lv": {
         "name": "SynthLV",
@@ -50,6 +53,13 @@ _MANIFEST = {
         "tensorImageSize": "4D",
         "modality": {"0": "T1", "1": "T1ce", "2": "T2", "3": "FLAIR"},
         "labels": {"0": "background", "1": "necrotic core", "2": "edema", "4": "enhancing tumour"},
+    },
+    "brain": {
+        "name": "SynthBrainTissue",
+        "description": "Synthetic skull-stripped T1-weighted brain MRI, grey and white matter",
+        "tensorImageSize": "3D",
+        "modality": {"0": "T1"},
+        "labels": {"0": "background", "1": "grey matter", "2": "white matter"},
     },
 }
 # Relative intensity of each BraTS tissue class in T1, T1ce, T2, FLAIR: what a reader
@@ -79,7 +89,7 @@ def synthesize(
     end, so an interrupted run never leaves a half-written dataset at ``out``.
 
     Args:
-        kind: ``"lv"`` or ``"brats"``.
+        kind: ``"lv"``, ``"brats"`` or ``"brain"``.
         out: Destination folder; must not exist or be empty.
         cases: Number of training cases (>= 1).
         seed: Non-negative seed; equal arguments give identical voxel data.
@@ -110,7 +120,7 @@ def synthesize(
     try:
         (tmp / "imagesTr").mkdir(parents=True)
         (tmp / "labelsTr").mkdir()
-        make_case = _lv_case if kind == "lv" else _brats_case
+        make_case = _case_maker(kind)
         # Fixed nominal field of view: a finer grid means smaller voxels, same anatomy.
         spacing0 = np.array(_DEFAULT_SPACING[kind]) * _DEFAULT_SHAPE[kind] / np.array(shape)
         width = max(3, len(str(cases - 1)))
@@ -135,6 +145,15 @@ def synthesize(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _case_maker(kind: str):
+    """The kind's case function: (rng, shape, spacing) -> (image, label, spacing)."""
+    if kind == "brain":
+        from hpsearch.data.synth_brain import brain_case  # lazy: it imports this module's helpers
+
+        return brain_case
+    return _lv_case if kind == "lv" else _brats_case
 
 
 def _check_shape(kind: str, shape: tuple[int, int, int] | None) -> tuple[int, int, int]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from hpsearch.errors import HpsearchError
-from hpsearch.spec import load_job
+from hpsearch.spec import Job, load_job
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,3 +92,11 @@ def test_validating_jobs_and_driving_a_search_do_not_import_tensorflow():
     result = subprocess.run([sys.executable, "-c", code, str(REPO / "jobs" / "demo.yaml")],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-1500:]
+
+
+@pytest.mark.parametrize("job_file", sorted(Path("jobs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_job_round_trips_through_the_state_it_is_stored_in(job_file):
+    # A search's state stores the whole job with its defaults; reading it back must not
+    # refuse a default (e.g. dataset.spacing: auto in slice mode) as if the user had set it.
+    job = load_job(job_file)
+    assert Job.model_validate(job.model_dump(mode="json")) == job

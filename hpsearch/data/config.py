@@ -138,8 +138,10 @@ class DatasetConfig(PreprocessConfig):
     @field_validator(*_PATCH_KEYS)
     @classmethod
     def _only_with_dims(cls, value, info: ValidationInfo):
-        # Runs only for keys the job gives (validate_default is off): a default is fine.
-        if "dims" in info.data and info.data["dims"] is None:  # "dims" absent: its own error is shown
+        # Runs only for keys the job gives (validate_default is off). A value equal to the
+        # default is fine too: a search's state stores the whole job, defaults included.
+        default = cls.model_fields[info.field_name].default
+        if "dims" in info.data and info.data["dims"] is None and value != default:  # "dims" absent: own error
             raise ValueError(f"{info.field_name} is a patch-mode setting; set dataset.dims to 2 or 3")
         return value
 

@@ -62,8 +62,9 @@ def test_existing_job_files_load_and_switch_to_patch_mode_with_one_override():
     for name in ("demo", "brats", "fcn-lv"):  # the slice-mode jobs stay in slice mode
         job_file = Path("jobs") / f"{name}.yaml"
         assert load_job(job_file).dataset.dims is None
-        job = load_job(job_file, overrides=["dataset.dims=3", "dataset.spacing=[1.0, 1.0, 2.5]"])
-        assert job.dataset.dims == 3 and job.dataset.spacing == (1.0, 1.0, 2.5)
+        dims = 2 if name == "fcn-lv" else 3  # the FCN has no 3D variant
+        job = load_job(job_file, overrides=[f"dataset.dims={dims}", "dataset.spacing=[1.0, 1.0, 2.5]"])
+        assert job.dataset.dims == dims and job.dataset.spacing == (1.0, 1.0, 2.5)
     default = DatasetConfig(path="d", dims=2)
     assert (default.spacing, default.patch_size, default.foreground_fraction, default.samples_per_epoch) == (
         "auto", "auto", 0.33, 256)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import math
+from pathlib import Path
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -109,12 +110,16 @@ class PatchFeed:
     def info(self) -> dict[str, Any]:
         return self.data.info
 
-    def _open_data(self) -> Callable[[], VolumeData]:
-        # Workers reopen the cache entry memory-mapped: the page cache is shared, not copied.
+    def _entry(self) -> str | None:
+        """The cache entry, when this node has it (a cluster node without the driver's cache
+        got the data through Ray's object store instead)."""
         entry = self.data.info.get("entry")
-        if entry:
-            return functools.partial(load_volume_data, entry)
-        return functools.partial(_same, self.data)  # in memory (tests): only workers=0 can use it
+        return entry if entry and Path(entry, "info.json").is_file() else None
+
+    def _open_data(self) -> VolumeData | Callable[[], VolumeData]:
+        # Workers reopen the cache entry memory-mapped: the page cache is shared, not copied.
+        entry = self._entry()
+        return functools.partial(load_volume_data, entry) if entry else self.data
 
     def epoch(self, epoch: int, batch_size: int) -> tuple[Iterable, int]:
         """``samples_per_epoch / batch_size`` (rounded up) augmented batches of epoch ``epoch``."""
@@ -131,7 +136,8 @@ class PatchFeed:
                 foreground_fraction=float(settings["foreground_fraction"]),
                 augment=self.augment,
                 seed=self.seed,
-                workers=self.workers if self.data.info.get("entry") else 0,
+                # Without the entry on this node, batches are made in this process.
+                workers=self.workers if self._entry() else 0,
             )
             self._batch_size = batch_size
         steps = math.ceil(int(self.data.info["sampling"]["samples_per_epoch"]) / batch_size)
@@ -160,10 +166,6 @@ class PatchFeed:
         if self._loader is not None:
             self._loader.close()
             self._loader = None
-
-
-def _same(data: VolumeData) -> VolumeData:
-    return data
 
 
 def make_feed(data: PreparedData | VolumeData, *, seed: int, augment: AugmentConfig | Mapping | None = None,

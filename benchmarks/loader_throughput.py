@@ -14,6 +14,12 @@ and batch size, measured in this order:
 The cases are synthetic (blobs of two classes in noise), saved with ``save_volume_data``
 and opened memory-mapped, as a cache entry is.
 
+Measured (2 shared CPU cores, other engineers' jobs running, load average up to 7; 2D:
+197x233x40 cases, patch 160x192, batch 8, U-Net depth 4 / 16 filters; 3D: 128x128x96 x 4
+channels, patch 64^3, batch 2, 3D U-Net depth 4 / 16 filters): loader 34 (2D) and 1.9 (3D)
+batches/s in-process against 1.2 and 0.52 training steps/s; fed by one worker the model
+waited for data 0% of the time in both.
+
 Run from the repository root:
 
     .venv/bin/python benchmarks/loader_throughput.py

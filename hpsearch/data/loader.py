@@ -69,7 +69,8 @@ class PatchSettings:
         if self.dims not in (2, 3):
             raise ValueError(f"dims must be 2 or 3, not {self.dims}")
         if len(self.patch_size) != self.dims or min(self.patch_size) < 1:
-            raise ValueError(f"patch_size must be {self.dims} positive sizes for dims {self.dims}, not {self.patch_size}")
+            raise ValueError(f"patch_size must be {self.dims} positive sizes for dims {self.dims}, "
+                             f"not {self.patch_size}")
         if self.slice_axis not in (0, 1, 2):
             raise ValueError(f"slice_axis must be 0, 1 or 2, not {self.slice_axis}")
         if self.batch_size < 1:

@@ -129,3 +129,27 @@ def test_a_gpu_share_configures_tensorflow_without_failing_on_cpu():
         assert "TensorFlow capped at 7680 MB" in result.stderr
     else:
         assert settings["asked"] == [] and "no GPU visible to TensorFlow, nothing to cap" in result.stderr
+
+
+@pytest.mark.parametrize("runtime, cpus, gpus, gpu_mb, expected_mb", [
+    ({"memory_limit_mb": 3000}, 1, 0.5, "16384", 3000),          # the job's limit wins
+    ({}, 1, 0.5, "16384", 16384 * 0.5 - 512),                      # half a 16 GB GPU, less the CUDA context
+    ({}, 1, 1, "8192", 8192 - 512),
+])
+def test_trial_memory_is_the_jobs_limit_else_its_gpu_share(monkeypatch, runtime, cpus, gpus, gpu_mb, expected_mb):
+    from hpsearch.runtime import RuntimeConfig, trial_memory_bytes
+
+    monkeypatch.setenv(GPU_MEMORY_ENV, gpu_mb)
+    assert trial_memory_bytes(RuntimeConfig(**runtime), cpus, gpus) == int(expected_mb * 2**20)
+
+
+def test_trial_memory_on_cpus_is_the_trials_share_of_ram(monkeypatch):
+    import os
+
+    import psutil
+
+    from hpsearch.runtime import RuntimeConfig, trial_memory_bytes
+
+    monkeypatch.setenv(GPU_MEMORY_ENV, "16384")  # no GPU asked for: the GPU's size does not matter
+    share = min(1.0, 1 / (os.cpu_count() or 1))
+    assert trial_memory_bytes(RuntimeConfig(), 1, 0) == int(psutil.virtual_memory().total * share)

@@ -27,7 +27,7 @@ patches, overridden to the sizes below), measured in one run with the real
 
 Run from the repository root:
 
-    .venv/bin/python benchmarks/patch_training.py              # about 7 minutes on 2 shared cores
+    .venv/bin/python benchmarks/patch_training.py              # ~7 min of CPU on 2 cores (11 min wall under load 5-10)
     .venv/bin/python benchmarks/patch_training.py --smoke-test --json summary.json
 """
 

@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 import ray
 
+from hpsearch.dashboard.collect import collect_search
+from hpsearch.dashboard.overlays import best_trial_overlays
 from hpsearch.data import synthesize
 from hpsearch.experiment import Experiment
 from hpsearch.metrics import compute_dice
@@ -97,3 +99,9 @@ def test_3d_search_exports_a_model_whose_predictions_score_the_reported_val_dice
         scores.append(compute_dice(to_class, true_class, len(labels))[1:].mean())
     assert best["best_value"] > 0
     assert float(np.mean(scores)) == pytest.approx(best["best_value"], abs=1e-4)
+
+    # The dashboard's pictures: whole validation scans segmented as predict would, same Dice.
+    pictures = best_trial_overlays(collect_search(folder), count=2)
+    assert pictures.png.startswith(b"\x89PNG") and len(pictures.slices) == 2
+    for shown, case_score in zip(pictures.slices, scores):
+        assert np.mean(list(shown["dice"].values())) == pytest.approx(case_score, abs=1e-4)

@@ -74,7 +74,10 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     if any(work.iterdir()):
         parser.error(f"--work {work}: not empty; give a new folder")
-    overrides = ([*SMOKE_OVERRIDES] if args.smoke_test else []) + args.overrides
+    smoke = [*SMOKE_OVERRIDES] if args.smoke_test else []
+    if smoke and load_job(args.job).dataset.dims is not None:  # patch mode: tiny patches, few of them
+        smoke += ["dataset.patch_size=[32, 32]", "dataset.samples_per_epoch=8"]
+    overrides = smoke + args.overrides
     overrides += [
         f"dataset.path={work / 'data'}", f"tracking.uri=sqlite:///{work / 'mlflow.db'}",
         f"storage.path={work / 'results'}", "search.dashboard=false",

@@ -166,7 +166,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     configure_tensorflow(runtime)
     from hpsearch.trainer import Trainer
 
-    trainer = Trainer(data, job.model, job.trial_params(), seed=runtime.seed, augment=job.augment,
+    trainer = Trainer(data, job.model, job.params_for(data.info), seed=runtime.seed, augment=job.augment,
                       workers=runtime.loader_workers)
     shown = ", ".join(f"{k}={v}" for k, v in trainer.params.model_dump().items())
     print(f"train: {trainer.model_name} ({trainer.model.count_params():,} weights) with {shown}", flush=True)

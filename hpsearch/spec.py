@@ -89,6 +89,15 @@ class Job(BaseModel):
         """The job's hyperparameters with every default filled in."""
         return validate_params(self.family, self.params)
 
+    def params_for(self, data_info: dict[str, Any]) -> dict[str, Any]:
+        """The job's ``params`` for data prepared as ``data_info``: in patch mode a
+        ``batch_size`` the job does not set is the plan's (the largest that fits a trial's
+        memory, nnU-Net's choice); a search space may still vary it."""
+        plan = data_info.get("plan")
+        if plan and "batch_size" not in self.params:
+            return {**self.params, "batch_size": int(plan["batch_size"])}
+        return dict(self.params)
+
     def load_data(self, plan: dict[str, Any] | None = None):
         """The job's preprocessed data (:func:`hpsearch.data.load_dataset`) and whether it came
         from the cache; in patch mode planned for one trial's memory (see

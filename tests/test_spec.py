@@ -100,3 +100,13 @@ def test_every_shipped_job_round_trips_through_the_state_it_is_stored_in(job_fil
     # refuse a default (e.g. dataset.spacing: auto in slice mode) as if the user had set it.
     job = load_job(job_file)
     assert Job.model_validate(job.model_dump(mode="json")) == job
+
+
+def test_patch_mode_takes_the_plans_batch_size_unless_the_job_sets_one():
+    job = load_job("jobs/brats-3d.yaml")
+    info = {"plan": {"batch_size": 5}}
+    assert job.params_for(info)["batch_size"] == 2  # the job sets it
+    unset = load_job("jobs/brats-3d.yaml", overrides=[])
+    unset = unset.model_copy(update={"params": {k: v for k, v in unset.params.items() if k != "batch_size"}})
+    assert unset.params_for(info)["batch_size"] == 5
+    assert "batch_size" not in unset.params_for({})  # slice mode: the trainer's default

@@ -115,7 +115,7 @@ def trainable_for(job, data: PreparedData) -> Callable:
         SegmentationTrainable,
         data=data,
         model=job.model,
-        base_params=dict(job.params),
+        base_params=job.params_for(data.info),
         augment=job.augment.model_dump(),
         runtime=job.runtime.model_dump(),
         max_epochs=job.scheduler.max_epochs,

@@ -83,7 +83,9 @@ def test_submitted_search_spreads_over_both_nodes_and_survives_losing_one(cluste
     logs = _cli(["logs", job_id, "--follow"], cluster, timeout=600)
     assert logs.returncode == 0, logs.stdout[-3000:]
     rows = _results(client, "node-loss")
-    assert len(rows) == 4 and all(r["status"] != "failed" for r in rows)
+    # Failed rows with their reason: seen once in CI (2026-12-02), not reproduced since.
+    failed = [(r["trial_id"], r.get("failure"), r.get("error"), r.get("epochs_run")) for r in rows if r["status"] == "failed"]
+    assert len(rows) == 4 and not failed, (failed, logs.stdout[-3000:])
     _assert_every_epoch_once(client, "node-loss", rows)
     moved = client.get_run(victim.info.run_id).data.tags
     assert moved["hpsearch.nodes"].split(",") == [two_nodes["worker"], two_nodes["head"]]

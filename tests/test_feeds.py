@@ -87,3 +87,13 @@ def test_validation_scores_whole_scans_in_their_own_geometry(brats_odd):
         metric.update(predicted, volumes.label)
     np.testing.assert_allclose(metric.aggregate().dice, scores.dice, atol=1e-6)
     trainer.close()
+
+
+def test_the_fcn_trains_on_2d_patches_too(brats_odd):
+    data = _data(brats_odd, 2, (32, 32))
+    trainer = Trainer(data, "fcn", {"depth": 1, "base_filters": 4, "batch_size": 2, "epochs": 1}, workers=0,
+                      augment=NO_SPATIAL)
+    metrics = trainer.train_epoch().metrics()
+    assert trainer.model.output_shape == (None, 32, 32, 4)
+    assert 0.0 <= metrics["val_dice"] <= 1.0
+    trainer.close()

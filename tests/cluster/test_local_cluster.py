@@ -83,9 +83,7 @@ def test_submitted_search_spreads_over_both_nodes_and_survives_losing_one(cluste
     logs = _cli(["logs", job_id, "--follow"], cluster, timeout=600)
     assert logs.returncode == 0, logs.stdout[-3000:]
     rows = _results(client, "node-loss")
-    # Failed rows with their reason: seen once in CI (2026-12-02), not reproduced since.
-    failed = [(r["trial_id"], r.get("failure"), r.get("error"), r.get("epochs_run")) for r in rows if r["status"] == "failed"]
-    assert len(rows) == 4 and not failed, (failed, logs.stdout[-3000:])
+    _assert_none_failed(rows, logs)
     _assert_every_epoch_once(client, "node-loss", rows)
     moved = client.get_run(victim.info.run_id).data.tags
     assert moved["hpsearch.nodes"].split(",") == [two_nodes["worker"], two_nodes["head"]]
@@ -118,7 +116,7 @@ def test_killed_driver_is_resumed_without_rerunning_finished_trials(cluster, two
     logs = _cli(["logs", resumed.stdout.strip(), "--follow"], cluster, timeout=600)
     assert logs.returncode == 0, logs.stdout[-3000:]
     rows = _results(client, "driver-kill")
-    assert len(rows) == 4 and all(r["status"] != "failed" for r in rows)
+    _assert_none_failed(rows, logs)
     _assert_every_epoch_once(client, "driver-kill", rows)
     for run_id, history in finished.items():  # not one more epoch, not one rewritten
         assert _history(client, client.get_run(run_id)) == history
@@ -224,6 +222,14 @@ def _history(client, run) -> list[tuple[int, int, float]]:
 def _results(client, experiment: str) -> list[dict]:
     folder = Path(_parent(client, experiment).data.tags["hpsearch.experiment_dir"])
     return json.loads((folder / "results.json").read_text())["trials"]
+
+
+def _assert_none_failed(rows: list[dict], logs) -> None:
+    # With each failed trial's reason and the job's log: CI saw a failed trial in this file twice
+    # (2026-12-02) that local runs did not reproduce.
+    failed = [(r["trial_id"], r.get("failure"), r.get("error"), r.get("epochs_run")) for r in rows
+              if r["status"] == "failed"]
+    assert len(rows) == 4 and not failed, (failed, logs.stdout[-3000:])
 
 
 def _assert_every_epoch_once(client, experiment: str, rows: list[dict]) -> None:

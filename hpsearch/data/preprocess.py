@@ -19,12 +19,13 @@ from scipy import ndimage
 from hpsearch.data.check import FingerprintBuilder
 from hpsearch.data.config import PreprocessConfig
 from hpsearch.data.layouts import MIN_CASES, DatasetIndex
+from hpsearch.data.volume_data import ClassInfo
 from hpsearch.data.volumes import load_case, refuse_defects
 from hpsearch.errors import HpsearchError
 
 
 @dataclasses.dataclass
-class PreparedData:
+class PreparedData(ClassInfo):
     """Preprocessed training and validation slices of one dataset.
 
     Attributes:
@@ -46,14 +47,6 @@ class PreparedData:
     info: dict[str, Any]
 
     ARRAYS = ("train_x", "train_y", "val_x", "val_y", "val_case")
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.info["label_values"])
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.info["class_names"])
 
     @property
     def input_shape(self) -> tuple[int, int, int]:

@@ -45,8 +45,22 @@ INFO_FILE = "info.json"
 CASE_ARRAYS = ("train_images", "train_labels", "train_foreground", "val_images", "val_labels")
 
 
+class ClassInfo:
+    """Class count and names read from ``self.info``: shared by both kinds of prepared data."""
+
+    info: dict[str, Any]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.info["label_values"])
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.info["class_names"])
+
+
 @dataclasses.dataclass
-class VolumeData:
+class VolumeData(ClassInfo):
     """Preprocessed whole cases of one dataset (see the module docstring for shapes).
 
     Attributes:
@@ -63,14 +77,6 @@ class VolumeData:
     val_images: list[np.ndarray]
     val_labels: list[np.ndarray]
     info: dict[str, Any]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.info["label_values"])
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.info["class_names"])
 
     @property
     def num_channels(self) -> int:

@@ -82,6 +82,8 @@ class DatasetIndex:
             inside ``root``).
         defects: Problems of the declaration: files outside ``root``, cases listed
             twice, fewer than :data:`MIN_CASES` cases. Training refuses a dataset with any.
+        test_cases: The *labelled* test cases (``imagesTs`` with ``labelsTs``): the locked
+            test split (:mod:`hpsearch.data.splits`); never read while searching.
     """
 
     root: Path
@@ -91,6 +93,7 @@ class DatasetIndex:
     class_names: tuple[str, ...]
     cases: tuple[CaseFiles, ...]
     defects: tuple[Defect, ...] = ()
+    test_cases: tuple[CaseFiles, ...] = ()
 
     @property
     def manifest(self) -> Path:

@@ -19,6 +19,7 @@ from scipy import ndimage
 from hpsearch.data.check import FingerprintBuilder
 from hpsearch.data.config import PreprocessConfig
 from hpsearch.data.layouts import MIN_CASES, DatasetIndex
+from hpsearch.data.splits import Fold
 from hpsearch.data.volume_data import ClassInfo
 from hpsearch.data.volumes import load_case, refuse_defects
 from hpsearch.errors import HpsearchError
@@ -133,6 +134,25 @@ def split_cases(case_ids: list[str], val_fraction: float, seed: int) -> tuple[li
     return train, val
 
 
+def fold_cases(index: DatasetIndex, val_fraction: float, seed: int, fold: Fold | None = None) -> Fold:
+    """The cases one prepared dataset trains and validates on: ``fold`` (one fold of
+    :func:`hpsearch.data.splits.make_splits`), or without it the seeded ``val_fraction``
+    split of every case of ``index``.
+
+    Raises:
+        HpsearchError: ``fold`` names a case the index does not hold.
+    """
+    ids = [case.case_id for case in index.cases]
+    if fold is None:
+        train, val = split_cases(ids, val_fraction, seed)
+        return Fold(tuple(train), tuple(val))
+    unknown = sorted(set(fold.train + fold.val) - set(ids))
+    if unknown:
+        raise HpsearchError(f"{index.root}: the split names case(s) {', '.join(unknown[:5])} that the dataset "
+                            "does not hold; check dataset.splits or the dataset's cases")
+    return fold
+
+
 def preprocess_volume(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:
     """One case's ``(X, Y, Z, C)`` image to normalised ``(N, H, W, C)`` slices."""
     slices = np.moveaxis(normalize_intensities(image, config.normalize), config.slice_axis, 0)
@@ -145,8 +165,8 @@ def preprocess_label(label: np.ndarray, config: PreprocessConfig) -> np.ndarray:
     return fit_in_plane(slices, config.image_size, config.resize, is_label=True).astype(np.uint8)
 
 
-def prepare(index: DatasetIndex, config: PreprocessConfig, *, digest: str = "") -> PreparedData:
-    """Load, check and preprocess every case of a dataset into slices.
+def prepare(index: DatasetIndex, config: PreprocessConfig, *, digest: str = "", fold: Fold | None = None) -> PreparedData:
+    """Load, check and preprocess the cases of one split (``fold``, see :func:`fold_cases`) into slices.
 
     Raises:
         HpsearchError: A case is unreadable or inconsistent, or a defect of the
@@ -154,7 +174,8 @@ def prepare(index: DatasetIndex, config: PreprocessConfig, *, digest: str = "") 
     """
     refuse_defects(index, index.defects)
     by_id = {case.case_id: case for case in index.cases}
-    train_ids, val_ids = split_cases(list(by_id), config.val_fraction, config.split_seed)
+    split = fold_cases(index, config.val_fraction, config.split_seed, fold)
+    train_ids, val_ids = list(split.train), list(split.val)
     rng = np.random.default_rng(config.split_seed)
     fingerprint = FingerprintBuilder(index)
     parts: dict[str, list[np.ndarray]] = {name: [] for name in PreparedData.ARRAYS}

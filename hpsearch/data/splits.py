@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sklearn.model_selection import GroupKFold, GroupShuffleSplit
 
 from hpsearch.data.groups import case_groups
 from hpsearch.data.guard import refuse_inside
@@ -163,7 +162,9 @@ def read_nnunet_splits(path: Path, case_ids) -> tuple[Fold, ...]:
         for side in ("train", "val"):
             ids = entry.get(side) if isinstance(entry, dict) else None
             if not isinstance(ids, list) or not ids or not all(isinstance(c, str) for c in ids):
-                raise HpsearchError(f"{where}: fold {number}: '{side}' must be a non-empty list of case ids; expected {shape}")
+                raise HpsearchError(
+                    f"{where}: fold {number}: '{side}' must be a non-empty list of case ids; expected {shape}"
+                )
             unknown = sorted(set(ids) - known)
             if unknown:
                 raise HpsearchError(f"{where}: fold {number} names case {unknown[0]}, not a case of the "
@@ -196,25 +197,32 @@ def write_nnunet_splits(folds: Sequence[Fold], path: Path, *, dataset_root: Path
     if dataset_root is not None:
         refuse_inside(path, dataset_root, "splits file")
     if (path.exists() or path.is_symlink()) and not overwrite:
-        raise HpsearchError(f"{path}: exists; choose another path or remove it (`hpsearch data splits --overwrite` replaces it)")
+        raise HpsearchError(
+            f"{path}: exists; choose another path or remove it (`hpsearch data splits --overwrite` replaces it)"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
-    # nnU-Net writes the same shape with indent 4 (batchgenerators' save_json).
-    text = json.dumps([{"train": list(f.train), "val": list(f.val)} for f in folds], indent=4)
-    write_atomic(path, text + "\n")
+    # Byte for byte what nnU-Net writes (batchgenerators' save_json: indent 4, sorted keys, no newline).
+    text = json.dumps([{"train": list(f.train), "val": list(f.val)} for f in folds], indent=4, sort_keys=True)
+    write_atomic(path, text)
     return path
 
 
 def _refuse_shared_patients(groups: Mapping[str, str], tested: Sequence[str], training: Sequence[str]) -> None:
-    in_test = {groups[case]: case for case in tested}
+    in_test: dict[str, str] = {}
+    for case in tested:
+        in_test.setdefault(groups[case], case)
     for case in training:
         if groups[case] in in_test:
             raise HpsearchError(
                 f"patient {groups[case]} has cases in imagesTs ({in_test[groups[case]]}) and in the training "
-                f"cases ({case}); a patient must be on one side: move the case or check dataset.group_pattern/groups_file"
+                f"cases ({case}); a patient must be on one side: move the case or check "
+                "dataset.group_pattern/groups_file"
             )
 
 
-def _hold_out(training: list[str], groups: Mapping[str, str], config: DatasetConfig) -> tuple[list[str], list[str]]:
+def _hold_out(
+    training: list[str], groups: Mapping[str, str], config: DatasetConfig
+) -> tuple[list[str], list[str]]:
     """A seeded ``test_fraction`` of the patients: (sorted test cases, the rest in index order)."""
     patients = len({groups[case] for case in training})
     # GroupShuffleSplit's own count (ceil of fraction x patients), checked first for a clear message.
@@ -227,6 +235,8 @@ def _hold_out(training: list[str], groups: Mapping[str, str], config: DatasetCon
             f"{patients - n_test}, and {what} needs at least {needed}; add cases or lower test_fraction"
             + (" or folds" if config.folds else "")
         )
+    from sklearn.model_selection import GroupShuffleSplit  # here: importing scikit-learn takes seconds
+
     splitter = GroupShuffleSplit(n_splits=1, test_size=config.test_fraction, random_state=config.split_seed)
     _, test_rows = next(splitter.split(np.zeros(len(training)), groups=[groups[c] for c in training]))
     held = {training[i] for i in test_rows}
@@ -242,6 +252,8 @@ def _group_k_fold(pool: list[str], groups: Mapping[str, str], k: int, seed: int)
         )
     # shuffle=True (scikit-learn >= 1.6): patients dealt to folds in a seeded random order,
     # like nnU-Net's KFold(shuffle=True) over cases.
+    from sklearn.model_selection import GroupKFold  # here: importing scikit-learn takes seconds
+
     splitter = GroupKFold(n_splits=k, shuffle=True, random_state=seed)
     return tuple(
         Fold(tuple(sorted(pool[i] for i in train)), tuple(sorted(pool[i] for i in val)))
@@ -260,7 +272,8 @@ def _single_fold(pool: list[str], groups: Mapping[str, str], val_fraction: float
         )
     _, val_patients = split_cases(patients, val_fraction, seed)
     val = set(val_patients)
-    return Fold(tuple(sorted(c for c in pool if groups[c] not in val)), tuple(sorted(c for c in pool if groups[c] in val)))
+    return Fold(tuple(sorted(c for c in pool if groups[c] not in val)),
+                tuple(sorted(c for c in pool if groups[c] in val)))
 
 
 def _file_folds(path: Path, training: list[str], test: set[str], source: str, groups: Mapping[str, str],
@@ -277,7 +290,9 @@ def _file_folds(path: Path, training: list[str], test: set[str], source: str, gr
             fix = "remove it from the file" + ("" if source == "imagesTs" else " or drop dataset.test_fraction")
             raise HpsearchError(f"{where}: fold {number} names test case {named_test[0]} ({source}); test cases are "
                                 f"never trained or validated on: {fix}")
-        val_patients = {groups[c]: c for c in fold.val}
+        val_patients: dict[str, str] = {}
+        for case in fold.val:
+            val_patients.setdefault(groups[case], case)  # the first, to name in a message
         for case in fold.train:
             if groups[case] in val_patients:
                 raise HpsearchError(

@@ -343,7 +343,8 @@ def _cmd_data_splits(args: argparse.Namespace) -> int:
 
     print(f"dataset: {index.root} ({index.layout}, {counted([c.case_id for c in index.cases])} for training, "
           f"{len(index.test_cases)} labelled test cases)")
-    test = {"imagesTs": "the labelled imagesTs/labelsTs cases", "none": "none",
+    ignored = " (test_fraction unused)" if config.test_fraction is not None else ""
+    test = {"imagesTs": f"the labelled imagesTs/labelsTs cases{ignored}", "none": "none",
             "test_fraction": f"held out by test_fraction {config.test_fraction}"}[splits.test_source]
     print(f"test: {counted(splits.test)}, {test}" if splits.test else "test: none (no labelled imagesTs, "
           "no test_fraction)")

@@ -129,7 +129,8 @@ class DatasetConfig(PreprocessConfig):
             group (or the whole match) is the patient id, so a patient's cases stay on one
             side of every split. Every case id must match.
         groups_file: Instead of ``group_pattern``: a JSON object ``{case_id: patient_id}`` or
-            a CSV with columns ``case,group`` listing every case.
+            a CSV with columns ``case,group`` listing every case (labelled test cases
+            included), relative to the working directory.
         regions: Evaluation regions, ``{name: [label values]}``: a region is the union of
             its label values (BraTS' whole tumour ``[1, 2, 4]``); names are letters, digits
             and ``_``, values declared foreground labels of the dataset.

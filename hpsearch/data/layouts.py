@@ -11,7 +11,8 @@ how channels and labels are declared:
   ``imagesTr/CASE_0000.nii.gz``, ``CASE_0001.nii.gz``, ...
 
 :func:`read_index` turns either into a :class:`DatasetIndex`: the list of cases with
-their files, the channel names and the label declaration. It reads only
+their files, the channel names and the label declaration, and the labelled test cases
+(``imagesTs/`` images with a ``labelsTs/`` label, in either layout's file naming). It reads only
 ``dataset.json`` and directory listings; the volumes are read by
 :mod:`hpsearch.data.volumes`. What is wrong with the declaration itself but leaves
 the rest checkable (a file outside the dataset folder, a case listed twice, too few

@@ -161,6 +161,16 @@ def test_labelled_images_ts_is_the_test_split(tmp_path, layout):
     assert splits.pool == tuple(sorted(IDS[:10]))
 
 
+def test_cli_says_the_test_split_comes_from_images_ts(tmp_path, capsys):
+    root = write_named_cases(tmp_path / "ds", "nnunetv2", CASES, test_ids=["t1", "t2"], unlabelled_test_ids=["u1"])
+    assert main(["data", "splits", str(_job(tmp_path, path=root, test_fraction=0.2))]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[:2] == [
+        f"dataset: {root} (nnunetv2, 10 cases (10 patients) for training, 2 labelled test cases)",
+        "test: 2 cases (2 patients), the labelled imagesTs/labelsTs cases (test_fraction unused)",
+    ]
+
+
 def test_a_patient_in_images_ts_and_training_is_refused(tmp_path):
     root = write_named_cases(tmp_path / "ds", "msd", IDS[:6], test_ids=["p01_s9"])
     with pytest.raises(HpsearchError) as info:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from hpsearch.data.cache import dataset_digest, default_cache_dir, prepare_cached, prepare_volumes_cached
 from hpsearch.data.check import CheckReport, Fingerprint, check_dataset, header_fingerprint
 from hpsearch.data.config import DatasetConfig, PreprocessConfig, VolumeConfig
+from hpsearch.data.groups import case_groups
 from hpsearch.data.job_plan import resolve_plan
 from hpsearch.data.layouts import CaseFiles, DatasetIndex, read_index
 from hpsearch.data.physical import (
@@ -38,7 +39,14 @@ from hpsearch.data.preprocess import (
     preprocess_volume,
     split_cases,
 )
-from hpsearch.data.splits import Fold, Splits, make_splits
+from hpsearch.data.splits import (
+    Fold,
+    Splits,
+    check_regions,
+    make_splits,
+    read_nnunet_splits,
+    write_nnunet_splits,
+)
 from hpsearch.data.synth import synthesize
 from hpsearch.data.volume_data import VolumeData, load_volume_data
 from hpsearch.data.volumes import CaseVolumes, Defect, load_case, read_case
@@ -58,7 +66,9 @@ __all__ = [
     "Splits",
     "VolumeConfig",
     "VolumeData",
+    "case_groups",
     "case_target",
+    "check_regions",
     "check_dataset",
     "ct_statistics",
     "dataset_digest",
@@ -83,11 +93,13 @@ __all__ = [
     "preprocess_volume",
     "read_case",
     "read_index",
+    "read_nnunet_splits",
     "resolve_plan",
     "split_cases",
     "split_dataset",
     "synthesize",
     "to_original_geometry",
+    "write_nnunet_splits",
 ]
 
 

@@ -18,8 +18,8 @@ from scipy import ndimage
 
 from hpsearch.data.check import FingerprintBuilder
 from hpsearch.data.config import PreprocessConfig
-from hpsearch.data.layouts import MIN_CASES, DatasetIndex
-from hpsearch.data.splits import Fold
+from hpsearch.data.layouts import DatasetIndex
+from hpsearch.data.splits import Fold, fold_cases, split_cases  # noqa: F401  (split_cases: re-exported)
 from hpsearch.data.volume_data import ClassInfo
 from hpsearch.data.volumes import load_case, refuse_defects
 from hpsearch.errors import HpsearchError
@@ -115,42 +115,6 @@ def fit_in_plane(
         dst.append(slice(offset, offset + length) if want > have else slice(0, length))
     out[:, dst[0], dst[1]] = slices[:, src[0], src[1]]
     return out
-
-
-def split_cases(case_ids: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Seeded split by case: a patient is never in both training and validation.
-
-    Raises:
-        HpsearchError: Fewer than two cases.
-    """
-    if len(case_ids) < MIN_CASES:
-        raise HpsearchError(
-            f"the dataset has {len(case_ids)} case(s); a train/validation split by case needs at least {MIN_CASES}"
-        )
-    order = np.random.default_rng(seed).permutation(len(case_ids))
-    n_val = min(max(1, round(val_fraction * len(case_ids))), len(case_ids) - 1)
-    val = sorted(case_ids[i] for i in order[:n_val])
-    train = sorted(case_ids[i] for i in order[n_val:])
-    return train, val
-
-
-def fold_cases(index: DatasetIndex, val_fraction: float, seed: int, fold: Fold | None = None) -> Fold:
-    """The cases one prepared dataset trains and validates on: ``fold`` (one fold of
-    :func:`hpsearch.data.splits.make_splits`), or without it the seeded ``val_fraction``
-    split of every case of ``index``.
-
-    Raises:
-        HpsearchError: ``fold`` names a case the index does not hold.
-    """
-    ids = [case.case_id for case in index.cases]
-    if fold is None:
-        train, val = split_cases(ids, val_fraction, seed)
-        return Fold(tuple(train), tuple(val))
-    unknown = sorted(set(fold.train + fold.val) - set(ids))
-    if unknown:
-        raise HpsearchError(f"{index.root}: the split names case(s) {', '.join(unknown[:5])} that the dataset "
-                            "does not hold; check dataset.splits or the dataset's cases")
-    return fold
 
 
 def preprocess_volume(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:

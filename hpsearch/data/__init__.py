@@ -49,7 +49,7 @@ from hpsearch.data.splits import (
 )
 from hpsearch.data.synth import synthesize
 from hpsearch.data.volume_data import VolumeData, load_volume_data
-from hpsearch.data.volumes import CaseVolumes, Defect, load_case, read_case
+from hpsearch.data.volumes import CaseVolumes, Defect, load_case, read_case, refuse_defects
 
 __all__ = [
     "CaseFiles",
@@ -115,6 +115,7 @@ def split_dataset(config: DatasetConfig) -> tuple[DatasetIndex, Splits]:
     if config.synthetic and not config.path.exists() and not config.path.is_symlink():
         synthesize(config.synthetic, config.path, config.synthetic_cases, config.synthetic_seed)
     index = read_index(config.path)
+    refuse_defects(index, index.defects)  # the declaration's own problems first, as `data check` names them
     splits = make_splits(index, config)
     return index.restricted(splits.pool), splits
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from hpsearch.data.guard import refuse_inside
 from hpsearch.data.layouts import read_index
 from hpsearch.errors import HpsearchError
-from hpsearch.evaluation.folders import evaluate_folders, evaluate_model, split_cases
+from hpsearch.evaluation.folders import evaluate_folders, evaluate_model, labelled_cases
 from hpsearch.evaluation.report import EvaluationReport
 from hpsearch.export import META_FILE
 
@@ -77,7 +77,7 @@ def run_evaluate(
             raise HpsearchError(f"{a}: is a model folder; give --out, a new folder for its predictions")
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise HpsearchError(f"--out {out}: already exists and is not empty; choose a new folder")
-        cases = split_cases(read_index(b), split or "test")
+        cases = labelled_cases(read_index(b), split or "test")
         from hpsearch.runtime import quiet_tensorflow
 
         quiet_tensorflow()

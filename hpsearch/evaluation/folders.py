@@ -63,7 +63,7 @@ def evaluate_folders(
         raise HpsearchError(f"{pred_dir}: not a folder; give the folder of predicted CASE.nii.gz files")
     if (label_dir / "dataset.json").is_file():
         index = read_index(label_dir)
-        labels = {c.case_id: c.label for c in split_cases(index, split)}
+        labels = {c.case_id: c.label for c in labelled_cases(index, split)}
         if label_values is None:
             label_values, class_names = index.label_values, class_names or index.class_names
     elif label_dir.is_dir():
@@ -77,7 +77,7 @@ def evaluate_folders(
     return score_files(pairs, label_values=label_values, class_names=class_names, regions=regions)
 
 
-def split_cases(index: DatasetIndex, split: str) -> tuple[CaseFiles, ...]:
+def labelled_cases(index: DatasetIndex, split: str) -> tuple[CaseFiles, ...]:
     """The labelled cases of a dataset's ``"test"`` or ``"train"`` split.
 
     Raises:

@@ -14,7 +14,7 @@ from helpers import snapshot, write_nifti
 from hpsearch.cli import main
 from hpsearch.data import DatasetConfig, load_dataset, read_index
 from hpsearch.errors import HpsearchError
-from hpsearch.evaluation import evaluate_folders, evaluate_model, split_cases
+from hpsearch.evaluation import evaluate_folders, evaluate_model, labelled_cases
 from hpsearch.export import META_FILE, export_model
 from hpsearch.trainer import Trainer
 
@@ -90,10 +90,10 @@ def test_refusals(brats_small, brats_model, tmp_path):
 
 def test_test_split_is_the_labelled_test_cases(brats_small):
     index = read_index(brats_small)
-    assert split_cases(dataclasses.replace(index, test_cases=index.cases[:1]), "test") == index.cases[:1]
-    assert split_cases(index, "train") == index.cases
+    assert labelled_cases(dataclasses.replace(index, test_cases=index.cases[:1]), "test") == index.cases[:1]
+    assert labelled_cases(index, "train") == index.cases
     with pytest.raises(HpsearchError, match="--split train"):
-        split_cases(dataclasses.replace(index, test_cases=()), "test")
+        labelled_cases(dataclasses.replace(index, test_cases=()), "test")
 
 
 def test_cli_model_mode(brats_small, brats_model, tmp_path, capsys):

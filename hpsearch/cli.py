@@ -152,6 +152,16 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     plan.set_defaults(func=_cmd_data_plan)
 
+    splits = data.add_parser(
+        "splits", help="print a job's test split and folds; optionally write them for nnU-Net",
+        description="Decide the splits a job's dataset section asks for (folds, patient groups, test split) "
+        "from case ids alone, print them, and with --out write nnU-Net's splits_final.json.",
+    )
+    splits.add_argument("job", type=Path, help="job YAML file")
+    splits.add_argument("--out", type=Path, help="write the folds as nnU-Net's splits_final.json here")
+    splits.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    splits.set_defaults(func=_cmd_data_splits)
+
     synth = data.add_parser("synth", help="write a synthetic NIfTI dataset in MSD layout")
     synth.add_argument("--kind", required=True, choices=["lv", "brats", "brain"])
     synth.add_argument("--cases", type=int, default=24)
@@ -348,6 +358,37 @@ def _print_defects(report, directory: Path) -> bool:
     if report.defects:
         print(f"hpsearch: error: {len(report.defects)} defect(s) found in {directory}", file=sys.stderr)
     return bool(report.defects)
+
+
+def _cmd_data_splits(args: argparse.Namespace) -> int:
+    from hpsearch.data import case_groups, make_splits, read_index, write_nnunet_splits
+    from hpsearch.spec import load_job
+
+    config = load_job(args.job).dataset
+    index = read_index(config.path)
+    splits = make_splits(index, config)
+    ids = [c.case_id for c in (*index.cases, *index.test_cases)]
+    groups = case_groups(ids, config.group_pattern, config.groups_file)
+
+    def counted(cases) -> str:
+        return f"{len(cases)} cases ({len({groups[c] for c in cases})} patients)"
+
+    print(f"dataset: {index.root} ({index.layout}, {counted([c.case_id for c in index.cases])} for training, "
+          f"{len(index.test_cases)} labelled test cases)")
+    ignored = " (test_fraction unused)" if config.test_fraction is not None else ""
+    test = {"imagesTs": f"the labelled imagesTs/labelsTs cases{ignored}", "none": "none",
+            "test_fraction": f"held out by test_fraction {config.test_fraction}"}[splits.test_source]
+    print(f"test: {counted(splits.test)}, {test}" if splits.test else "test: none (no labelled imagesTs, "
+          "no test_fraction)")
+    for number, fold in enumerate(splits.folds):
+        print(f"fold {number}: train {counted(fold.train)}, val {counted(fold.val)}")
+    left_out = len({c.case_id for c in index.cases} - {*splits.pool, *splits.test})
+    if left_out:
+        print(f"not used: {left_out} training case(s) that {config.splits} does not name")
+    if args.out is not None:
+        path = write_nnunet_splits(splits.folds, args.out, dataset_root=index.root, overwrite=args.overwrite)
+        print(f"wrote {path} ({len(splits.folds)} fold(s), nnU-Net's splits_final.json)")
+    return 0
 
 
 def _cmd_data_synth(args: argparse.Namespace) -> int:

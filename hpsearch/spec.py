@@ -98,19 +98,28 @@ class Job(BaseModel):
             return {**self.params, "batch_size": int(plan["batch_size"])}
         return dict(self.params)
 
-    def load_data(self, plan: dict[str, Any] | None = None):
-        """The job's preprocessed data (:func:`hpsearch.data.load_dataset`) and whether it came
-        from the cache; in patch mode planned for one trial's memory (see
+    def load_data(self, plan: dict[str, Any] | None = None, *, fold: int = 0):
+        """The job's preprocessed data (:func:`hpsearch.data.load_dataset`) of one fold and
+        whether it came from the cache; in patch mode planned for one trial's memory (see
         :func:`~hpsearch.runtime.trial_memory_bytes`) and the job's ``base_filters``, or on
         ``plan`` (a :meth:`Plan.to_dict`, e.g. the plan a resumed search was trained on)."""
         from hpsearch.data import Plan, load_dataset
         from hpsearch.runtime import trial_memory_bytes
 
         if self.dataset.dims is None:
-            return load_dataset(self.dataset)
+            return load_dataset(self.dataset, fold=fold)
         budget = trial_memory_bytes(self.runtime, self.resources.cpus_per_trial, self.resources.gpus_per_trial)
         return load_dataset(self.dataset, budget, base_filters=getattr(self.trial_params(), "base_filters", 32),
-                            plan=Plan.from_dict(plan) if plan else None)
+                            plan=Plan.from_dict(plan) if plan else None, fold=fold)
+
+    def load_search_data(self, plan: dict[str, Any] | None = None) -> tuple[list, bool]:
+        """The data a search trains on: one prepared dataset per fold it cross-validates
+        over (just fold 0 for a single split or ``search.cross_validation: off``), all on
+        one plan, and whether the first came from the cache."""
+        first, hit = self.load_data(plan)
+        folds = len(first.info["splits"]["folds"]) if self.search.cross_validation != "off" else 1
+        plan = first.info.get("plan")
+        return [first, *(self.load_data(plan, fold=f)[0] for f in range(1, folds))], hit
 
 
 def load_job(path: str | Path, overrides: Iterable[str] = ()) -> Job:

@@ -73,6 +73,53 @@ def write_nnunet(
     return root
 
 
+def write_named_cases(
+    root: Path,
+    layout: str,
+    train_ids: list[str],
+    test_ids: list[str] = (),
+    unlabelled_test_ids: list[str] = (),
+    channels: int = 2,
+) -> Path:
+    """A tiny dataset (4x4x2 volumes, labels 0/1/2) with these case ids, in ``"msd"`` or
+    ``"nnunetv2"`` layout, with labelled (``imagesTs`` + ``labelsTs``) and unlabelled test images."""
+    rng = np.random.default_rng(0)
+
+    def case(folder: str, case_id: str, labelled: bool) -> None:
+        image = rng.normal(size=(4, 4, 2, channels)).astype(np.float32)
+        if layout == "msd":
+            write_nifti(root / f"images{folder}" / f"{case_id}.nii.gz", image)
+        else:
+            for c in range(channels):
+                write_nifti(root / f"images{folder}" / f"{case_id}_{c:04d}.nii.gz", image[..., c])
+        if labelled:
+            write_nifti(root / f"labels{folder}" / f"{case_id}.nii.gz", rng.integers(0, 3, (4, 4, 2)).astype(np.uint8))
+
+    for case_id in train_ids:
+        case("Tr", case_id, True)
+    for case_id in test_ids:
+        case("Ts", case_id, True)
+    for case_id in unlabelled_test_ids:
+        case("Ts", case_id, False)
+    if layout == "msd":
+        manifest = {
+            "modality": {str(c): f"MR{c}" for c in range(channels)},
+            "labels": {"0": "background", "1": "edema", "2": "tumour"},
+            "training": [{"image": f"./imagesTr/{i}.nii.gz", "label": f"./labelsTr/{i}.nii.gz"} for i in train_ids],
+            # MSD lists its test images without labels.
+            "test": [f"./imagesTs/{i}.nii.gz" for i in (*test_ids, *unlabelled_test_ids)],
+        }
+    else:
+        manifest = {
+            "channel_names": {str(c): f"MR{c}" for c in range(channels)},
+            "labels": {"background": 0, "edema": 1, "tumour": 2},
+            "numTraining": len(train_ids),
+            "file_ending": ".nii.gz",
+        }
+    (root / "dataset.json").write_text(json.dumps(manifest, indent=2))
+    return root
+
+
 def tissue_case(rng: np.random.Generator, shape=(197, 233, 5)) -> tuple[np.ndarray, np.ndarray]:
     """A brain-MRI-like slab of odd in-plane size: float intensities, three tissue classes."""
     x, y = np.meshgrid(np.linspace(-1, 1, shape[0]), np.linspace(-1, 1, shape[1]), indexing="ij")

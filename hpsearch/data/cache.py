@@ -30,7 +30,8 @@ from hpsearch.data.guard import refuse_inside
 from hpsearch.data.layouts import DatasetIndex
 from hpsearch.data.plan import Plan
 from hpsearch.data.prepare_volumes import prepare_volumes
-from hpsearch.data.preprocess import PreparedData, prepare
+from hpsearch.data.preprocess import PreparedData, fold_cases, prepare
+from hpsearch.data.splits import Fold
 from hpsearch.data.volume_data import VolumeData, load_volume_data, volume_data_files
 from hpsearch.data.volumes import refuse_defects
 
@@ -121,9 +122,10 @@ def _write_memo(path: Path, memo: dict[str, str]) -> None:
     os.replace(partial, path)
 
 
-def cache_key(digest: str, config: PreprocessConfig | VolumeConfig) -> str:
+def cache_key(digest: str, config: PreprocessConfig | VolumeConfig, fold: Fold) -> str:
     settings = json.dumps(config.model_dump(mode="json"), sort_keys=True)
-    key = hashlib.sha256(f"{PREPROCESS_VERSION}|{digest}|{settings}".encode()).hexdigest()
+    cases = json.dumps([fold.train, fold.val])  # the split, not just the seed that usually makes it
+    key = hashlib.sha256(f"{PREPROCESS_VERSION}|{digest}|{settings}|{cases}".encode()).hexdigest()
     return key[:24]
 
 
@@ -160,9 +162,10 @@ def load_prepared(directory: Path, *, mmap: bool = True) -> PreparedData:
 
 
 def prepare_cached(
-    index: DatasetIndex, config: PreprocessConfig, cache_dir: Path | None = None
+    index: DatasetIndex, config: PreprocessConfig, cache_dir: Path | None = None, fold: Fold | None = None
 ) -> tuple[PreparedData, bool]:
-    """Slice mode's preprocessed data from the cache, computing and storing it on a miss.
+    """Slice mode's preprocessed data of one split (``fold``, see
+    :func:`~hpsearch.data.preprocess.fold_cases`) from the cache, computing and storing it on a miss.
 
     A damaged entry (see :func:`entry_problem`) is rebuilt, with one warning line on stderr.
 
@@ -173,15 +176,18 @@ def prepare_cached(
         HpsearchError: A defect of the dataset's declaration (before anything is read or
             hashed), a cache folder inside the dataset folder, or an unreadable case.
     """
-    entry, digest = _entry(index, config, cache_dir, "prepared")
-    hit = ensure_entry(entry, lambda folder: save_prepared(prepare(index, config, digest=digest), folder), _entry_files)
+    fold = fold_cases(index, config.val_fraction, config.split_seed, fold)
+    entry, digest = _entry(index, config, cache_dir, "prepared", fold)
+    hit = ensure_entry(entry, lambda folder: save_prepared(prepare(index, config, digest=digest, fold=fold), folder),
+                       _entry_files)
     data = load_prepared(entry)
     data.info.update(dataset=str(index.root), entry=str(entry))
     return data, hit
 
 
 def prepare_volumes_cached(
-    index: DatasetIndex, config: VolumeConfig, plan: Plan | None = None, cache_dir: Path | None = None
+    index: DatasetIndex, config: VolumeConfig, plan: Plan | None = None, cache_dir: Path | None = None,
+    fold: Fold | None = None,
 ) -> tuple[VolumeData, bool]:
     """Patch mode's preprocessed cases from the cache, computing and storing them on a miss.
 
@@ -195,10 +201,11 @@ def prepare_volumes_cached(
     Raises:
         HpsearchError: As :func:`prepare_cached`.
     """
-    entry, digest = _entry(index, config, cache_dir, "volumes")
+    fold = fold_cases(index, config.val_fraction, config.split_seed, fold)
+    entry, digest = _entry(index, config, cache_dir, "volumes", fold)
 
     def build(folder: Path) -> list[str]:
-        prepare_volumes(index, config, digest=digest, plan=plan, directory=folder)
+        prepare_volumes(index, config, digest=digest, plan=plan, directory=folder, fold=fold)
         return volume_data_files(folder)
 
     hit = ensure_entry(entry, build, volume_data_files)
@@ -210,13 +217,13 @@ def prepare_volumes_cached(
 
 
 def _entry(
-    index: DatasetIndex, config: PreprocessConfig | VolumeConfig, cache_dir: Path | None, kind: str
+    index: DatasetIndex, config: PreprocessConfig | VolumeConfig, cache_dir: Path | None, kind: str, fold: Fold
 ) -> tuple[Path, str]:
-    """The entry folder for ``config`` on this dataset's content, and the content digest."""
+    """The entry folder for ``config`` and ``fold`` on this dataset's content, and the content digest."""
     refuse_defects(index, index.defects)
     cache_dir = Path(cache_dir or default_cache_dir())
     refuse_inside(cache_dir, index.root, "dataset.cache_dir")
     cache_dir.mkdir(parents=True, exist_ok=True)
     digest = digest_of_files(cached_file_digests(index, cache_dir))
     # Named by content alone: the same data in another folder shares the entry.
-    return cache_dir / f"{kind}-{cache_key(digest, config)}", digest
+    return cache_dir / f"{kind}-{cache_key(digest, config, fold)}", digest

@@ -12,6 +12,7 @@ adds where the data is and how to make it when it is synthetic.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -84,6 +85,9 @@ class VolumeConfig(BaseModel):
     split_seed: int
 
 
+# A region's name becomes part of metric names (MLflow, Ray): keep it plain.
+_REGION_NAME = re.compile(r"[A-Za-z0-9_]+")
+
 # Keys that only patch mode reads; given without ``dims`` they would be silently ignored.
 _PATCH_KEYS = ("spacing", "patch_size", "foreground_fraction", "samples_per_epoch")
 
@@ -114,6 +118,25 @@ class DatasetConfig(PreprocessConfig):
         synthetic_seed: Seed of the generator.
         cache_dir: Where preprocessed arrays are kept; default
             ``$HPSEARCH_CACHE_DIR`` or ``~/.cache/hpsearch``. Never the dataset folder.
+        folds: Cross-validation folds (2..20) over the cases left after the test split,
+            grouped by patient; ``None``: one train/validation split by ``val_fraction``.
+        splits: An nnU-Net ``splits_final.json`` whose folds to use (relative to the working
+            directory); it decides the folds, ``folds`` if also given must match its count.
+        test_fraction: Fraction (0..0.5] of the patients held out as a locked test split,
+            seeded by ``split_seed``; used only when the dataset has no labelled
+            ``imagesTs``/``labelsTs``. ``None``: no test split.
+        group_pattern: A regular expression searched in each case id; its first capture
+            group (or the whole match) is the patient id, so a patient's cases stay on one
+            side of every split. Every case id must match.
+        groups_file: Instead of ``group_pattern``: a JSON object ``{case_id: patient_id}`` or
+            a CSV with columns ``case,group`` listing every case (labelled test cases
+            included), relative to the working directory.
+        regions: Evaluation regions, ``{name: [label values]}``: a region is the union of
+            its label values (BraTS' whole tumour ``[1, 2, 4]``); names are letters, digits
+            and ``_``, values declared foreground labels of the dataset.
+
+    None of the split and region keys changes the preprocessed data's cache key
+    (:meth:`preprocess`, :meth:`volume_config`): the cases are preprocessed one by one.
     """
 
     # Declared first so that the validators of the keys below can see it.
@@ -127,6 +150,12 @@ class DatasetConfig(PreprocessConfig):
     synthetic_cases: int = Field(24, ge=2, le=10_000)
     synthetic_seed: int = 0
     cache_dir: Path | None = None
+    folds: int | None = Field(None, ge=2, le=20)
+    splits: Path | None = None
+    test_fraction: float | None = Field(None, gt=0.0, le=0.5)
+    group_pattern: str | None = None
+    groups_file: Path | None = None
+    regions: dict[str, list[int]] = Field(default_factory=dict)
 
     @field_validator("dims")
     @classmethod
@@ -177,6 +206,36 @@ class DatasetConfig(PreprocessConfig):
             if not all(1 <= side <= 4096 for side in patch):
                 raise ValueError(f"each size must be in 1..4096 voxels, got {list(patch)}")
         return patch
+
+    @field_validator("group_pattern")
+    @classmethod
+    def _compiles(cls, pattern: str | None) -> str | None:
+        if pattern is not None:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression ({exc})") from None
+        return pattern
+
+    @field_validator("groups_file")
+    @classmethod
+    def _one_grouping(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        if path is not None and info.data.get("group_pattern") is not None:
+            raise ValueError("give either group_pattern or groups_file, not both")
+        return path
+
+    @field_validator("regions")
+    @classmethod
+    def _plausible_regions(cls, regions: dict[str, list[int]]) -> dict[str, list[int]]:
+        for name, values in regions.items():
+            if not _REGION_NAME.fullmatch(name):
+                raise ValueError(f"region name {name!r}: use letters, digits and _ only (it names metrics)")
+            if not values:
+                raise ValueError(f"region {name}: list at least one label value")
+            if min(values) < 1:
+                raise ValueError(f"region {name}: label values must be foreground values (>= 1), got {values}")
+        # Sorted and once each: a region is a set of values.
+        return {name: sorted(set(values)) for name, values in regions.items()}
 
     def preprocess(self) -> PreprocessConfig:
         """Slice mode: only the settings that change the arrays (the cache key)."""

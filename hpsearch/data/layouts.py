@@ -11,7 +11,8 @@ how channels and labels are declared:
   ``imagesTr/CASE_0000.nii.gz``, ``CASE_0001.nii.gz``, ...
 
 :func:`read_index` turns either into a :class:`DatasetIndex`: the list of cases with
-their files, the channel names and the label declaration. It reads only
+their files, the channel names and the label declaration, and the labelled test cases
+(``imagesTs/`` images with a ``labelsTs/`` label, in either layout's file naming). It reads only
 ``dataset.json`` and directory listings; the volumes are read by
 :mod:`hpsearch.data.volumes`. What is wrong with the declaration itself but leaves
 the rest checkable (a file outside the dataset folder, a case listed twice, too few
@@ -28,7 +29,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +101,23 @@ class DatasetIndex:
     @property
     def manifest(self) -> Path:
         return self.root / "dataset.json"
+
+    def restricted(self, case_ids: Iterable[str]) -> DatasetIndex:
+        """This index with only the training cases ``case_ids`` (kept in index order).
+
+        Everything else is kept, :attr:`test_cases` included: a search restricted to its
+        pool digests and preprocesses only the cases it may read.
+
+        Raises:
+            HpsearchError: A case id is not a training case of this dataset.
+        """
+        wanted = set(case_ids)
+        unknown = sorted(wanted - {case.case_id for case in self.cases})
+        if unknown:
+            raise HpsearchError(
+                f"{self.manifest}: case(s) {', '.join(unknown[:5])} are not training cases of this dataset"
+            )
+        return dataclasses.replace(self, cases=tuple(c for c in self.cases if c.case_id in wanted))
 
     @property
     def num_classes(self) -> int:
@@ -172,7 +192,8 @@ def _read_msd(root: Path, manifest: Path, declared: dict[str, Any]) -> DatasetIn
         if not problems:
             first_entry[case_id] = position
             cases.append(CaseFiles(case_id, (paths["image"],), paths["label"]))
-    return _index(root, "msd", manifest, channel_names, values_to_names, cases, defects)
+    tests = _labelled_test_cases(root, None, len(channel_names))
+    return _index(root, "msd", manifest, channel_names, values_to_names, cases, defects, tests)
 
 
 def _read_nnunet(root: Path, manifest: Path, declared: dict[str, Any]) -> DatasetIndex:
@@ -190,26 +211,15 @@ def _read_nnunet(root: Path, manifest: Path, declared: dict[str, Any]) -> Datase
     images_dir, labels_dir = root / "imagesTr", root / "labelsTr"
     if not images_dir.is_dir():
         raise HpsearchError(f"{images_dir}: missing; nnU-Net v2 keeps training images there")
-    channel_file = re.compile(rf"^(?P<case>.+)_(?P<channel>\d{{4}}){re.escape(ending)}$")
-    by_case: dict[str, dict[int, Path]] = {}
-    for path in sorted(images_dir.iterdir()):
-        match = channel_file.match(path.name)
-        if match:
-            by_case.setdefault(match["case"], {})[int(match["channel"])] = path
-    cases, defects = [], []
-    for case_id, channel_files in sorted(by_case.items()):
-        # A missing channel file keeps its expected name so `data check` can report it.
-        images = tuple(
-            channel_files.get(c, images_dir / f"{case_id}_{c:04d}{ending}")
-            for c in range(len(channel_names))
-        )
-        case = CaseFiles(case_id, images, labels_dir / f"{case_id}{ending}")
-        # Files come from listing the folder, so only a symlink (to a file or a folder) leads out.
-        outside = [Defect(p, _outside(root, "", p)) for p in (*case.images, case.label) if not is_inside(p, root)]
-        defects.extend(outside)
-        if not outside:
-            cases.append(case)
-    return _index(root, "nnunetv2", manifest, channel_names, values_to_names, cases, defects)
+    by_case = _channel_files(images_dir, ending)
+    # A missing channel file keeps its expected name so `data check` can report it.
+    cases, defects = _inside_only(root, [
+        CaseFiles(case_id, _channel_paths(images_dir, case_id, channels, ending, len(channel_names)),
+                  labels_dir / f"{case_id}{ending}")
+        for case_id, channels in sorted(by_case.items())
+    ])
+    tests = _labelled_test_cases(root, ending, len(channel_names))
+    return _index(root, "nnunetv2", manifest, channel_names, values_to_names, cases, defects, tests)
 
 
 def _index(
@@ -220,12 +230,19 @@ def _index(
     values_to_names: dict[int, str],
     cases: list[CaseFiles],
     defects: list[Defect],
+    tests: tuple[list[CaseFiles], list[Defect]],
 ) -> DatasetIndex:
     if 0 not in values_to_names:
         raise HpsearchError(f"{manifest}: labels must declare the background value 0")
     if len(values_to_names) < 2:
         raise HpsearchError(f"{manifest}: labels must declare at least one foreground class")
     values = tuple(sorted(values_to_names))
+    test_cases, test_defects = tests
+    training_ids = {case.case_id for case in cases}
+    for case in test_cases:
+        if case.case_id in training_ids:
+            test_defects.append(Defect(case.label, f"test case {case.case_id} is also a training case; "
+                                       "rename one of them or remove it from imagesTs/labelsTs"))
     return DatasetIndex(
         root=root,
         layout=layout,
@@ -233,8 +250,69 @@ def _index(
         label_values=values,
         class_names=tuple(values_to_names[v] for v in values),
         cases=tuple(cases),
-        defects=(*defects, *_too_few(manifest, len(cases), bool(defects))),
+        defects=(*defects, *test_defects, *_too_few(manifest, len(cases), bool(defects))),
+        test_cases=tuple(case for case in test_cases if case.case_id not in training_ids),
     )
+
+
+def _channel_files(folder: Path, ending: str) -> dict[str, dict[int, Path]]:
+    """nnU-Net v2 channel files in ``folder`` (``CASE_0000<ending>``, ...) by case id and channel."""
+    channel_file = re.compile(rf"^(?P<case>.+)_(?P<channel>\d{{4}}){re.escape(ending)}$")
+    by_case: dict[str, dict[int, Path]] = {}
+    for path in sorted(folder.iterdir()):
+        match = channel_file.match(path.name)
+        if match:
+            by_case.setdefault(match["case"], {})[int(match["channel"])] = path
+    return by_case
+
+
+def _channel_paths(folder: Path, case_id: str, found: dict[int, Path], ending: str, count: int) -> tuple[Path, ...]:
+    return tuple(found.get(c, folder / f"{case_id}_{c:04d}{ending}") for c in range(count))
+
+
+def _inside_only(root: Path, cases: list[CaseFiles]) -> tuple[list[CaseFiles], list[Defect]]:
+    """The cases whose files are all inside ``root``, and a defect per file that is not."""
+    kept, defects = [], []
+    for case in cases:
+        # Files come from listing the folder, so only a symlink (to a file or a folder) leads out.
+        outside = [Defect(p, _outside(root, "", p)) for p in (*case.images, case.label) if not is_inside(p, root)]
+        defects.extend(outside)
+        if not outside:
+            kept.append(case)
+    return kept, defects
+
+
+def _labelled_test_cases(root: Path, ending: str | None, channels: int) -> tuple[list[CaseFiles], list[Defect]]:
+    """The ``imagesTs`` cases with a label in ``labelsTs`` (directory listings only).
+
+    Args:
+        root: The dataset folder.
+        ending: nnU-Net v2's ``file_ending`` (one file per channel, ``CASE_0000<ending>``), or
+            None for MSD (one 3D/4D ``CASE.nii.gz``; dataset.json's ``test`` list names the
+            same images without labels, so the folder is what counts).
+        channels: Number of input channels.
+    """
+    images_dir, labels_dir = root / "imagesTs", root / "labelsTs"
+    if not images_dir.is_dir() or not labels_dir.is_dir():
+        return [], []
+    # Names starting with "." are skipped: MSD's archives carry macOS "._CASE.nii.gz" files.
+    endings = NIFTI_ENDINGS if ending is None else (ending,)
+    labels: dict[str, Path] = {}
+    for name in sorted(os.listdir(labels_dir)):
+        for end in endings:
+            if name.endswith(end) and not name.startswith("."):
+                labels.setdefault(name[: -len(end)], labels_dir / name)
+                break
+    images: dict[str, tuple[Path, ...]] = {}
+    if ending is None:
+        for path in sorted(images_dir.iterdir()):
+            if path.name.endswith(NIFTI_ENDINGS) and not path.name.startswith("."):
+                images.setdefault(_case_id(path), (path,))
+    else:
+        for case_id, found in _channel_files(images_dir, ending).items():
+            images[case_id] = _channel_paths(images_dir, case_id, found, ending, channels)
+    # An image without a label is not a test case: nothing to score it against.
+    return _inside_only(root, [CaseFiles(c, images[c], labels[c]) for c in sorted(images) if c in labels])
 
 
 def _too_few(manifest: Path, count: int, other_defects: bool) -> list[Defect]:

@@ -24,7 +24,8 @@ from hpsearch.data.config import VolumeConfig
 from hpsearch.data.layouts import DatasetIndex
 from hpsearch.data.physical import case_target, ct_statistics, foreground_intensities, preprocess_case
 from hpsearch.data.plan import Plan
-from hpsearch.data.preprocess import dataset_info, split_cases
+from hpsearch.data.preprocess import dataset_info, fold_cases
+from hpsearch.data.splits import Fold
 from hpsearch.data.resample import resample_labels
 from hpsearch.data.volume_data import CASE_ARRAYS, VolumeData, load_volume_data, save_case_array, save_info
 from hpsearch.data.volumes import load_case, refuse_defects
@@ -58,6 +59,7 @@ def prepare_volumes(
     digest: str = "",
     plan: Plan | None = None,
     directory: Path | None = None,
+    fold: Fold | None = None,
 ) -> VolumeData:
     """Load, check and preprocess every case of a dataset for patch training.
 
@@ -70,6 +72,7 @@ def prepare_volumes(
             every open with the caller's.
         directory: A new folder to write the entry into case by case; the result is then
             opened from it memory-mapped.
+        fold: The cases to train and validate on (see :func:`~hpsearch.data.preprocess.fold_cases`).
 
     Raises:
         HpsearchError: A case is unreadable or inconsistent, a defect of the declaration,
@@ -77,7 +80,8 @@ def prepare_volumes(
     """
     refuse_defects(index, index.defects)
     by_id = {case.case_id: case for case in index.cases}
-    train_ids, val_ids = split_cases(list(by_id), config.val_fraction, config.split_seed)
+    split = fold_cases(index, config.val_fraction, config.split_seed, fold)
+    train_ids, val_ids = list(split.train), list(split.val)
     intensity: dict[str, Any] = {}
     if config.normalize == "ct":  # statistics of the training cases only, before any is normalised
         samples = []

@@ -18,7 +18,8 @@ from scipy import ndimage
 
 from hpsearch.data.check import FingerprintBuilder
 from hpsearch.data.config import PreprocessConfig
-from hpsearch.data.layouts import MIN_CASES, DatasetIndex
+from hpsearch.data.layouts import DatasetIndex
+from hpsearch.data.splits import Fold, fold_cases, split_cases  # noqa: F401  (split_cases: re-exported)
 from hpsearch.data.volume_data import ClassInfo
 from hpsearch.data.volumes import load_case, refuse_defects
 from hpsearch.errors import HpsearchError
@@ -116,23 +117,6 @@ def fit_in_plane(
     return out
 
 
-def split_cases(case_ids: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Seeded split by case: a patient is never in both training and validation.
-
-    Raises:
-        HpsearchError: Fewer than two cases.
-    """
-    if len(case_ids) < MIN_CASES:
-        raise HpsearchError(
-            f"the dataset has {len(case_ids)} case(s); a train/validation split by case needs at least {MIN_CASES}"
-        )
-    order = np.random.default_rng(seed).permutation(len(case_ids))
-    n_val = min(max(1, round(val_fraction * len(case_ids))), len(case_ids) - 1)
-    val = sorted(case_ids[i] for i in order[:n_val])
-    train = sorted(case_ids[i] for i in order[n_val:])
-    return train, val
-
-
 def preprocess_volume(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:
     """One case's ``(X, Y, Z, C)`` image to normalised ``(N, H, W, C)`` slices."""
     slices = np.moveaxis(normalize_intensities(image, config.normalize), config.slice_axis, 0)
@@ -145,8 +129,8 @@ def preprocess_label(label: np.ndarray, config: PreprocessConfig) -> np.ndarray:
     return fit_in_plane(slices, config.image_size, config.resize, is_label=True).astype(np.uint8)
 
 
-def prepare(index: DatasetIndex, config: PreprocessConfig, *, digest: str = "") -> PreparedData:
-    """Load, check and preprocess every case of a dataset into slices.
+def prepare(index: DatasetIndex, config: PreprocessConfig, *, digest: str = "", fold: Fold | None = None) -> PreparedData:
+    """Load, check and preprocess the cases of one split (``fold``, see :func:`fold_cases`) into slices.
 
     Raises:
         HpsearchError: A case is unreadable or inconsistent, or a defect of the
@@ -154,7 +138,8 @@ def prepare(index: DatasetIndex, config: PreprocessConfig, *, digest: str = "") 
     """
     refuse_defects(index, index.defects)
     by_id = {case.case_id: case for case in index.cases}
-    train_ids, val_ids = split_cases(list(by_id), config.val_fraction, config.split_seed)
+    split = fold_cases(index, config.val_fraction, config.split_seed, fold)
+    train_ids, val_ids = list(split.train), list(split.val)
     rng = np.random.default_rng(config.split_seed)
     fingerprint = FingerprintBuilder(index)
     parts: dict[str, list[np.ndarray]] = {name: [] for name in PreparedData.ARRAYS}

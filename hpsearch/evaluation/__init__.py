@@ -12,7 +12,7 @@ No TensorFlow is imported here; :func:`evaluate_model` imports it when it runs.
 
 from __future__ import annotations
 
-from hpsearch.evaluation.folders import evaluate_folders, evaluate_model, score_files, labelled_cases
+from hpsearch.evaluation.folders import evaluate_folders, evaluate_model, labelled_cases, score_files
 from hpsearch.evaluation.report import CaseScores, EvaluationReport, Evaluator
 from hpsearch.evaluation.scores import case_scores, check_labels
 
@@ -24,6 +24,6 @@ __all__ = [
     "check_labels",
     "evaluate_folders",
     "evaluate_model",
-    "score_files",
     "labelled_cases",
+    "score_files",
 ]

@@ -35,6 +35,11 @@ if TYPE_CHECKING:
 
 RESULTS_FILE = "results.json"
 JOB_COPY, SPACE_COPY = "job.yaml", "search_space.yaml"
+SPLITS_FILE = "splits_final.json"  # the search's folds in nnU-Net's format
+# The locked test split's one evaluation (hpsearch.search.holdout): the chosen model, its
+# predictions on the test cases, the summary and the per-case table.
+MODEL_DIR, TEST_PREDICTIONS = "model", "test_predictions"
+TEST_RESULTS, TEST_CASES = "test_results.json", "test_cases.csv"
 MAX_NAME_TRIES = 1000
 
 
@@ -182,6 +187,29 @@ class Experiment:
         self.state.data_info = dict(info)
         write_state(self.path, self.state)
 
+    @property
+    def num_folds(self) -> int:
+        """Folds the search cross-validates over (1: a single split, or cross_validation off)."""
+        splits = self.state.data_info.get("splits") or {}
+        off = self.state.job.get("search", {}).get("cross_validation") == "off"
+        return 1 if off else max(1, len(splits.get("folds", ())))
+
+    @property
+    def objective(self) -> str:
+        """What the search ranks by: ``search.metric``, or ``cv_<metric>`` across folds."""
+        from hpsearch.search.folds import objective_name
+
+        return objective_name(self.job.search.metric, self.num_folds)
+
+    @property
+    def test_cases(self) -> list[str]:
+        """The locked test split's case ids (empty when the search has none)."""
+        return list((self.state.data_info.get("splits") or {}).get("test", ()))
+
+    def file(self, name: str) -> Path:
+        """A file or folder of the experiment by its constant name (``SPLITS_FILE``, ``MODEL_DIR``, ...)."""
+        return self.path / name
+
     # -- results ------------------------------------------------------------------------
 
     def write_results(self, rows: list[TrialSummary], metric: str, mode: str) -> Path:
@@ -214,6 +242,20 @@ class Experiment:
         except (OSError, ValueError) as exc:
             raise HpsearchError(f"{path}: damaged ({str(exc)[:100]}); rewrite it with "
                                 f"`hpsearch resume {self.path}`") from None
+
+    def write_test_results(self, payload: dict[str, Any]) -> Path:
+        """Write the locked test split's evaluation summary (``test_results.json``)."""
+        path = self.path / TEST_RESULTS
+        write_atomic(path, json.dumps(payload, indent=2, default=str))
+        return path
+
+    def test_results(self) -> dict[str, Any] | None:
+        """The locked test split's evaluation, once it has run (else ``None``)."""
+        path = self.path / TEST_RESULTS
+        try:
+            return json.loads(path.read_text()) if path.is_file() else None
+        except (OSError, ValueError):
+            return None
 
     def checkpoints(self) -> dict[str, str]:
         """Trial id -> its best checkpoint folder, for a finished search (else empty)."""

@@ -32,6 +32,10 @@ class SearchConfig(_Section):
     max_failures: Retries of a failed trial (from its last checkpoint) before it
         is recorded as failed.
     dashboard: Write the search's dashboard (``hpsearch dashboard``) when it ends.
+    cross_validation: With ``dataset.folds`` (or ``dataset.splits``) of more than one fold:
+        ``fidelity`` (folds added as ASHA promotes a trial: a trial is judged on fold 0
+        first, then on the mean over more folds), ``mean`` (every trial trains every fold;
+        no early stopping) or ``off`` (the search uses fold 0 only). Without folds, unused.
     """
 
     sampler: Literal["tpe", "random", "cmaes", "qmc", "gp"] = "tpe"
@@ -42,6 +46,7 @@ class SearchConfig(_Section):
     seed: int = 0
     max_failures: int = Field(1, ge=0, le=100)
     dashboard: bool = True
+    cross_validation: Literal["fidelity", "mean", "off"] = "fidelity"
 
     @model_validator(mode="after")
     def _mode_follows_metric(self):

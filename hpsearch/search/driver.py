@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ray import tune
 
-from hpsearch.data import read_index
+from hpsearch.data import split_dataset
 from hpsearch.data.cache import cached_file_digests, digest_of_files
 from hpsearch.data.guard import real_path, refuse_inside
 from hpsearch.errors import HpsearchError, SearchInterrupted
@@ -58,10 +58,12 @@ def run_search(job_path: Path, overrides=(), *, address: str | None = None, echo
     _refuse_outputs_in_dataset(job)
     ensure_reachable(job.tracking.uri)
 
-    data, from_cache = job.load_data()
+    folds, from_cache = job.load_search_data()
+    data = folds[0]
     check_metric(job.search.metric, job.search.mode, data.class_names)
-    files = cached_file_digests(read_index(job.dataset.path), job.dataset.cache_dir)
+    files = _search_files(job)
     echo(f"data: {data.summary()} ({'cache' if from_cache else 'preprocessed'})")
+    echo(_splits_line(job, data.info["splits"], len(folds)))
     init_ray(address)
     job.storage.check_for_cluster(_alive_nodes())
 
@@ -84,7 +86,8 @@ def run_search(job_path: Path, overrides=(), *, address: str | None = None, echo
     echo(f"search: {experiment.name}: {job.search.num_trials} trials, {job.search.max_concurrent} at a time, "
          f"sampler {job.search.sampler}, scheduler {job.scheduler.type}")
     echo(f"experiment folder: {experiment.path}")
-    tuner = build_tuner(job, space, data, name=experiment.name, storage=str(storage),
+    _write_splits(experiment, data.info["splits"])
+    tuner = build_tuner(job, space, folds, name=experiment.name, storage=str(storage),
                         callbacks=_callbacks(experiment, job, echo))
     return _finish(tuner, experiment, echo)
 
@@ -100,17 +103,17 @@ def resume_search(experiment_dir: Path, *, address: str | None = None, echo: Ech
     experiment = Experiment.open(experiment_dir)
     job = experiment.job
     ensure_reachable(experiment.state.tracking_uri, f"{experiment.path.name}: tracking_uri")
-    files = cached_file_digests(read_index(job.dataset.path), job.dataset.cache_dir)
+    files = _search_files(job)
     changed = experiment.check_dataset(digest_of_files(files), files, accept=accept_data_change)
-    data, _ = job.load_data(plan=experiment.state.data_info.get("plan"))
+    folds, _ = job.load_search_data(plan=experiment.state.data_info.get("plan"))
     if changed:
-        experiment.update_data_info(data.info)
+        experiment.update_data_info(folds[0].info)
         echo(f"warning: dataset changed ({len(changed)} file(s)); accepted and recorded in {experiment.path}")
     init_ray(address)
     job.storage.check_for_cluster(_alive_nodes())
     echo(f"resuming {experiment.path}")
     experiment.set_status(SearchStatus.RUNNING)
-    tuner = restore_tuner(experiment.path, job, data)
+    tuner = restore_tuner(experiment.path, job, folds)
     return _finish(tuner, experiment, echo)
 
 
@@ -119,8 +122,8 @@ def _callbacks(experiment: Experiment, job: Job, echo: Echo) -> list[tune.Callba
 
     state = experiment.state
     tracker = MLflowTracker(state.tracking_uri, experiment.runs.experiment_id, state.parent_run_id,
-                            metric=job.search.metric, mode=job.search.mode, max_epochs=job.scheduler.max_epochs)
-    return [tracker, SearchProgress(job.search.num_trials, job.search.metric, job.search.mode, echo)]
+                            metric=experiment.objective, mode=job.search.mode, max_epochs=job.scheduler.max_epochs)
+    return [tracker, SearchProgress(job.search.num_trials, experiment.objective, job.search.mode, echo)]
 
 
 def _finish(tuner: tune.Tuner, experiment: Experiment, echo: Echo) -> Path:
@@ -132,19 +135,25 @@ def _finish(tuner: tune.Tuner, experiment: Experiment, echo: Echo) -> Path:
         raise SearchInterrupted(
             f"search interrupted ({signal.Signals(stop.signal).name}); its state is saved: "
             f"continue with `hpsearch resume {experiment.path}`", 128 + stop.signal)
-    rows = results_mod.summarise(grid, job.search.metric, job.search.mode)
-    path = experiment.write_results(rows, job.search.metric, job.search.mode)
+    objective = experiment.objective
+    rows = results_mod.summarise(grid, objective, job.search.mode)
+    path = experiment.write_results(rows, objective, job.search.mode)
     counts = {o: sum(r.status == o for r in rows) for o in Outcome}
-    echo(results_mod.format_table(rows, job.search.metric))
+    echo(results_mod.format_table(rows, objective))
     echo(f"{len(rows)} trials: {counts[Outcome.COMPLETED]} completed, {counts[Outcome.STOPPED_EARLY]} stopped "
          f"early by ASHA, {counts[Outcome.FAILED]} failed; results in {path}")
     if rows and Outcome(rows[0].status).scored:
         best = rows[0]
         shown = ", ".join(f"{k}={results_mod.format_value(v)}" for k, v in sorted(best.params.items()))
-        echo(f"best: trial {best.trial_id} {job.search.metric}={best.best_value:.4f} at epoch "
-             f"{best.best_epoch} with {shown}")
+        where = (f"over {best.folds} fold(s)" if best.folds else f"at epoch {best.best_epoch}")
+        echo(f"best: trial {best.trial_id} {objective}={best.best_value:.4f} {where} with {shown}")
+        if experiment.test_cases:
+            _in_child("evaluate", experiment.path, "test evaluation", echo)
+        else:
+            echo(f"note: no locked test split; {objective} is the selection metric, an optimistic estimate. "
+                 "Hold cases out with dataset.test_fraction (or labelled imagesTs/labelsTs)")
     if job.search.dashboard:
-        _write_dashboard(experiment.path, echo)
+        _in_child("dashboard", experiment.path, "dashboard", echo)
     return experiment.path
 
 
@@ -186,16 +195,17 @@ def _interruptible():
             signal.signal(sig, old)
 
 
-def _write_dashboard(experiment_dir: Path, echo: Echo) -> None:
-    """The search's dashboard (``hpsearch dashboard``), after results.json: never costs results.
+def _in_child(command: str, experiment_dir: Path, what: str, echo: Echo) -> None:
+    """``hpsearch COMMAND EXPERIMENT_DIR`` after results.json: never costs results.
 
-    In a child process: drawing the best trial's predictions imports TensorFlow, which the
-    driver otherwise never loads (~0.6 GB), and nothing that goes wrong there, not even a
-    crash, can take the finished search down with it. Its failure is one warning line.
+    The dashboard and the locked test split's evaluation run in a child process: they
+    import TensorFlow, which the driver otherwise never loads (~0.6 GB), and nothing that
+    goes wrong there, not even a crash, can take the finished search down with it. A
+    failure is one warning line saying how to retry.
     """
-    command = [sys.executable, "-m", "hpsearch", "dashboard", str(experiment_dir)]
+    argv = [sys.executable, "-m", "hpsearch", command, str(experiment_dir)]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=3600)
     except (OSError, subprocess.TimeoutExpired) as exc:
         reason = f"{type(exc).__name__}: {exc}"
     else:
@@ -206,7 +216,29 @@ def _write_dashboard(experiment_dir: Path, echo: Echo) -> None:
         errors = [line for line in done.stderr.splitlines() if line.startswith("hpsearch: error: ")]
         last = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
         reason = errors[0].removeprefix("hpsearch: error: ") if errors else last
-    echo(f"warning: dashboard not written ({reason[:300]}); retry with `hpsearch dashboard {experiment_dir}`")
+    echo(f"warning: {what} not written ({reason[:300]}); retry with `hpsearch {command} {experiment_dir}`")
+
+
+def _search_files(job: Job) -> dict[str, str]:
+    """Per-file digests of what the search may read: every case but the locked test split."""
+    index, _ = split_dataset(job.dataset)
+    return cached_file_digests(index, job.dataset.cache_dir)
+
+
+def _splits_line(job: Job, splits: dict, folds: int) -> str:
+    test = splits.get("test") or []
+    held = f"locked test split: {len(test)} case(s) ({splits.get('test_source')})" if test else "no locked test split"
+    if folds > 1:
+        return f"splits: {folds}-fold cross-validation ({job.search.cross_validation}); {held}"
+    return f"splits: one train/validation split; {held}"
+
+
+def _write_splits(experiment: Experiment, splits: dict) -> None:
+    """The search's folds as nnU-Net's splits_final.json, for nnU-Net or the next search."""
+    from hpsearch.data.splits import Splits, write_nnunet_splits
+    from hpsearch.experiment.experiment import SPLITS_FILE
+
+    write_nnunet_splits(Splits.from_dict(splits).folds, experiment.file(SPLITS_FILE))
 
 
 def _refuse_outputs_in_dataset(job: Job) -> None:

@@ -61,6 +61,8 @@ class SearchProgress(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         value = result.get(self.metric)
+        if result.get("cv_folds", 1) == 0:  # a cross-validated trial's fold 0 in progress: no estimate yet
+            value = None
         if isinstance(value, (int, float)) and math.isfinite(value) and (
                 math.isnan(self.best) or (value > self.best if self.mode == "max" else value < self.best)):
             self.best = float(value)

@@ -31,10 +31,18 @@ class TrialSummary:
     failure: str = ""  # for a failed trial, its hpsearch.failures kind (nan, out_of_memory, ...)
     checkpoint: str = ""
     history: list[dict[str, float]] = dataclasses.field(default_factory=list)
+    folds: int = 0  # cross-validation: folds completed (best_value is their mean); 0 on one split
+    value_std: float = math.nan  # cross-validation: spread of the folds' best values
 
 
 def summarise(result_grid, metric: str, mode: str) -> list[TrialSummary]:
-    """Rows for every trial of a finished ``ResultGrid``, best first."""
+    """Rows for every trial of a finished ``ResultGrid``, best first.
+
+    ``metric`` is the search's objective: on one split, a trial's value is its best epoch's;
+    across folds (``cv_<metric>``, :mod:`hpsearch.search.folds`) it is the mean over the
+    folds it completed, and trials with more folds rank first (a mean over five folds is
+    not beaten by one lucky fold), its checkpoint the latest (it holds every fold's model).
+    """
     rows = []
     for result in result_grid:
         frame = result.metrics_dataframe
@@ -44,6 +52,9 @@ def summarise(result_grid, metric: str, mode: str) -> list[TrialSummary]:
         best = pick(values) if values else float("nan")
         best_epoch = next((int(h["training_iteration"]) for h in history if h.get(metric) == best), 0)
         last = result.metrics or {}  # empty for a trial that never reported an epoch
+        folds = int(last.get("cv_folds") or 0)
+        if folds:  # the mean over completed folds, not an epoch of fold 0 that beat it
+            best, best_epoch = float(last.get(metric, math.nan)), 0
         epochs_run = int(last.get("training_iteration", len(history)))
         epoch_cap = int(last.get("epoch_cap", epochs_run))
         failure = str(last.get(FAILURE_KEY) or "")
@@ -51,7 +62,9 @@ def summarise(result_grid, metric: str, mode: str) -> list[TrialSummary]:
             failure = classify_failure(_first_line(result.error))
         status = decide_outcome(epochs_run=epochs_run, epoch_cap=epoch_cap,
                                 failed=result.error is not None or bool(last.get(FAILURE_KEY)))
-        checkpoint = _best_checkpoint(result, metric, mode) if status.scored else ""
+        checkpoint = ""
+        if status.scored:
+            checkpoint = _best_checkpoint(result, metric, mode) if "cv_folds" not in last else _latest(result)
         rows.append(
             TrialSummary(
                 trial_id=str(last.get("trial_id", Path(result.path).name.removeprefix("trial_"))),
@@ -65,17 +78,20 @@ def summarise(result_grid, metric: str, mode: str) -> list[TrialSummary]:
                 failure=failure if status is Outcome.FAILED else "",
                 checkpoint=checkpoint,
                 history=history,
+                folds=folds,
+                value_std=float(last.get(f"{metric}_std", math.nan)) if folds else math.nan,
             )
         )
     return sort_rows(rows, mode)
 
 
 def sort_rows(rows: list[TrialSummary], mode: str) -> list[TrialSummary]:
-    """Best first: scored trials (completed, stopped early) by their best value, then the rest."""
-    def key(row: TrialSummary) -> float:
+    """Best first: scored trials (completed, stopped early) by completed folds, then by their
+    value; then the rest."""
+    def key(row: TrialSummary) -> tuple[int, int, float]:
         if math.isnan(row.best_value) or not Outcome.parse(row.status).scored:
-            return math.inf
-        return -row.best_value if mode == "max" else row.best_value
+            return (1, 0, math.inf)
+        return (0, -row.folds, -row.best_value if mode == "max" else row.best_value)
 
     return sorted(rows, key=key)
 
@@ -83,13 +99,17 @@ def sort_rows(rows: list[TrialSummary], mode: str) -> list[TrialSummary]:
 def format_table(rows: list[TrialSummary], metric: str, top: int = 10) -> str:
     """The top trials as an aligned text table."""
     names = sorted({k for row in rows for k in row.params})
-    header = ["trial", f"best {metric}", "epoch", "ran", "status", *names]
+    folds = any(row.folds for row in rows)  # cross-validated: the fold count, not a best epoch
+    header = ["trial", f"best {metric}", "folds" if folds else "epoch", "ran", "status", *names]
     lines = [header]
     for row in rows[:top]:
         status = row.status if row.status != Outcome.STOPPED_EARLY else f"ASHA stop @{row.epochs_run}"
         status = f"{status} ({row.failure})" if row.failure else status
+        value = f"{row.best_value:.4f}"
+        if row.folds > 1 and math.isfinite(row.value_std):
+            value += f" ±{row.value_std:.4f}"
         lines.append(
-            [row.trial_id, f"{row.best_value:.4f}", str(row.best_epoch), f"{row.epochs_run}/{row.epoch_cap}",
+            [row.trial_id, value, str(row.folds if folds else row.best_epoch), f"{row.epochs_run}/{row.epoch_cap}",
              status, *(format_value(row.params.get(n)) for n in names)]
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
@@ -97,7 +117,8 @@ def format_table(rows: list[TrialSummary], metric: str, top: int = 10) -> str:
 
 
 def _history(frame) -> list[dict[str, float]]:
-    keep = [c for c in frame.columns if c == "training_iteration" or c.startswith(("val_", "loss", "lr"))]
+    keep = [c for c in frame.columns
+            if c in ("training_iteration", "fold", "fold_epoch", "budget") or c.startswith(("val_", "loss", "lr", "cv_"))]
     return [
         {k: float(v) for k, v in record.items() if isinstance(v, (int, float))}
         for record in frame[keep].to_dict("records")
@@ -111,6 +132,10 @@ def _best_checkpoint(result, metric: str, mode: str) -> str:
         return result.checkpoint.path if result.checkpoint else ""
     pick = max if mode == "max" else min
     return pick(scored, key=lambda item: item[1])[0].path
+
+
+def _latest(result) -> str:
+    return result.checkpoint.path if result.checkpoint else ""
 
 
 def _first_line(error: BaseException | None) -> str:

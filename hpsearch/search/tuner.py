@@ -22,6 +22,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from hpsearch.data.preprocess import PreparedData
 from hpsearch.errors import HpsearchError
+from hpsearch.search.folds import objective_name
 from hpsearch.search.trainable import SegmentationTrainable
 from hpsearch.space import to_optuna
 
@@ -54,24 +55,32 @@ def make_sampler(name: str, seed: int, num_trials: int) -> optuna.samplers.BaseS
 def build_tuner(
     job,
     space: dict[str, Any],
-    data: PreparedData,
+    data: list[PreparedData],
     *,
     name: str,
     storage: str,
     callbacks: list[tune.Callback],
 ) -> tune.Tuner:
-    """A Tuner for a validated job, its search space and its prepared data."""
+    """A Tuner for a validated job, its search space and its prepared data (one per fold).
+
+    With several folds the search ranks by ``cv_<metric>`` and, for
+    ``cross_validation: fidelity``, ASHA counts the fold-aware ``budget`` clock of
+    :mod:`hpsearch.search.folds` up to ``folds x max_epochs``; ``mean`` trains every fold of
+    every trial (no early stopping).
+    """
     search, scheduler_cfg = job.search, job.scheduler
+    folds = len(data)
+    objective = objective_name(search.metric, folds)
     searcher = OptunaSearch(
         space=to_optuna(space),
-        metric=search.metric,
+        metric=objective,
         mode=search.mode,
         sampler=make_sampler(search.sampler, search.seed, search.num_trials),
     )
-    if scheduler_cfg.type == "asha":
+    if scheduler_cfg.type == "asha" and (folds == 1 or search.cross_validation == "fidelity"):
         scheduler = ASHAScheduler(
-            time_attr="training_iteration",
-            max_t=scheduler_cfg.max_epochs,
+            time_attr="training_iteration" if folds == 1 else "budget",
+            max_t=scheduler_cfg.max_epochs * folds,
             grace_period=scheduler_cfg.grace_period,
             reduction_factor=scheduler_cfg.reduction_factor,
         )
@@ -80,7 +89,7 @@ def build_tuner(
     return tune.Tuner(
         trainable_for(job, data),
         tune_config=tune.TuneConfig(
-            metric=search.metric,
+            metric=objective,
             mode=search.mode,
             # The limiter (not max_concurrent_trials) also caps how many proposals
             # Optuna makes ahead of results, so TPE learns from finished trials.
@@ -98,9 +107,10 @@ def build_tuner(
             verbose=0,
             checkpoint_config=tune.CheckpointConfig(
                 # Two, not one: Ray has let experiment state point at a just-deleted
-                # checkpoint (ray#30073).
+                # checkpoint (ray#30073). Across folds the latest is the one to keep: it
+                # holds every finished fold's model.
                 num_to_keep=2,
-                checkpoint_score_attribute=search.metric,
+                checkpoint_score_attribute=search.metric if folds == 1 else None,
                 checkpoint_score_order=search.mode,
                 checkpoint_frequency=1,
             ),
@@ -109,13 +119,13 @@ def build_tuner(
     )
 
 
-def trainable_for(job, data: PreparedData) -> Callable:
-    """The trainable with the job's constants bound and the data in the object store."""
+def trainable_for(job, data: list[PreparedData]) -> Callable:
+    """The trainable with the job's constants bound and the data (one per fold) in the object store."""
     bound = tune.with_parameters(
         SegmentationTrainable,
         data=data,
         model=job.model,
-        base_params=job.params_for(data.info),
+        base_params=job.params_for(data[0].info),
         augment=job.augment.model_dump(),
         runtime=job.runtime.model_dump(),
         max_epochs=job.scheduler.max_epochs,
@@ -126,7 +136,7 @@ def trainable_for(job, data: PreparedData) -> Callable:
     return tune.with_resources(bound, resources)
 
 
-def restore_tuner(experiment_dir: Path, job, data: PreparedData) -> tune.Tuner:
+def restore_tuner(experiment_dir: Path, job, data: list[PreparedData]) -> tune.Tuner:
     """The Tuner of an interrupted search, with searcher and scheduler state.
 
     Failed trials stay failed; unfinished ones continue from their last checkpoint.

@@ -16,12 +16,13 @@ from __future__ import annotations
 import functools
 import json
 import re
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
-from mlflow.entities import Param, RunTag
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from hpsearch.errors import HpsearchError, first_line
@@ -134,6 +135,21 @@ class SearchRuns:
 
     def set_parent_tags(self, tags: Mapping[str, str]) -> None:
         self.client.log_batch(self.parent_run_id, tags=[RunTag(k, str(v)[:MAX_TAG_LENGTH]) for k, v in tags.items()])
+
+    def log_parent_metrics(self, metrics: Mapping[str, float]) -> None:
+        """Log search-level figures (the locked test split's) to the parent run, step 0.
+
+        Raises:
+            HpsearchError: MLflow refused or is unreachable.
+        """
+        stamp = int(time.time() * 1000)
+        batch = [Metric(k, float(v), stamp, 0) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        try:
+            self.client.log_batch(self.parent_run_id, metrics=batch)
+        except Exception as exc:  # MlflowException or a connection error: one line
+            raise HpsearchError(f"{self.tracking_uri}: logging test metrics to run {self.parent_run_id} "
+                                f"failed ({first_line(exc)})") from None
 
     def log_artifacts(self, files: list[Path], artifact_path: str) -> None:
         """Log files under ``artifact_path`` of the parent run (an ended run takes them too).

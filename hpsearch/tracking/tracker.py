@@ -54,7 +54,8 @@ from hpsearch.tracking.store import scoped_env
 
 _LOG = logging.getLogger(__name__)
 
-DEFAULT_METRICS = frozenset({"loss", "val_loss", "val_dice", "val_iou", "lr", "epoch_seconds"})
+DEFAULT_METRICS = frozenset({"loss", "val_loss", "val_dice", "val_iou", "lr", "epoch_seconds",
+                             "fold", "budget"})  # the last two: where a cross-validated trial is
 STEP_METRIC = "training_iteration"  # in every batch: the run's high-water mark
 NONFINITE_TAG = "hpsearch.nonfinite_metrics"
 NODE_KEY = "node_id"  # a trial's results name the Ray node that produced them
@@ -65,9 +66,14 @@ _PERMANENT = frozenset({"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS",
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
+_PER_FOLD_KEY = re.compile(r"^fold\d+/")
+
+
 def default_metric_keys(key: str) -> bool:
-    """The per-epoch metrics of :meth:`hpsearch.trainer.EpochResult.metrics` worth a chart."""
-    return key in DEFAULT_METRICS or key.startswith(("val_dice_", "val_iou_"))
+    """The per-epoch metrics of :meth:`hpsearch.trainer.EpochResult.metrics` worth a chart, and
+    a cross-validated trial's objective (``cv_*``) and per-fold curves (``fold1/val_dice``)."""
+    return (key in DEFAULT_METRICS or key.startswith(("val_dice_", "val_iou_", "cv_"))
+            or bool(_PER_FOLD_KEY.match(key)))
 
 
 @dataclasses.dataclass
@@ -232,6 +238,8 @@ class MLflowTracker(Callback):
     def _end(self, trial, tags: dict[str, str], status: str) -> None:
         step = int((trial.last_result or {}).get(STEP_METRIC) or 0)
         best = (trial.metric_analysis or {}).get(self.metric, {}).get(self.mode)  # incl. earlier drivers'
+        if (trial.last_result or {}).get("cv_folds"):  # cross-validated: the mean over its folds
+            best = trial.last_result.get(self.metric)
         stamp, ok = int(time.time() * 1000), isinstance(best, numbers.Real) and math.isfinite(best)
         metrics = [Metric(f"best_{self.metric}", float(best), stamp, step)] if ok else []
         self._outcome[trial.trial_id] = Outcome(tags[STATUS_TAG])

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers import tissue_case, write_msd, write_nnunet
+from helpers import tissue_case, write_msd, write_named_cases, write_nifti, write_nnunet
 
 from hpsearch.data import load_case, read_index
 from hpsearch.errors import HpsearchError
@@ -116,3 +116,67 @@ def test_msd_paths_without_dot_prefix(tmp_path):
     (root / "dataset.json").write_text(json.dumps(manifest))
     index = read_index(root)
     assert load_case(index, index.cases[0]).ok
+
+
+@pytest.mark.parametrize("layout", ["msd", "nnunetv2"])
+def test_labelled_test_cases_are_images_ts_with_labels_ts(tmp_path, layout):
+    root = write_named_cases(tmp_path / layout, layout, ["a1", "a2", "a3"], test_ids=["t2", "t1"],
+                             unlabelled_test_ids=["u1"])
+    # Neither a macOS "._" file nor a label without an image is a test case.
+    (root / "imagesTs" / "._t1.nii.gz").write_bytes(b"\0")
+    write_nifti(root / "labelsTs" / "orphan.nii.gz", np.zeros((4, 4, 2), np.uint8))
+    index = read_index(root)
+    assert [c.case_id for c in index.test_cases] == ["t1", "t2"]
+    assert [c.case_id for c in index.cases] == ["a1", "a2", "a3"]
+    assert index.defects == ()
+    t1 = index.test_cases[0]
+    assert t1.label == root / "labelsTs" / "t1.nii.gz"
+    names = [p.name for p in t1.images]
+    assert names == (["t1.nii.gz"] if layout == "msd" else ["t1_0000.nii.gz", "t1_0001.nii.gz"])
+    volumes = load_case(index, t1)  # the same reader as training cases
+    assert volumes.image.shape == (4, 4, 2, 2)
+
+
+@pytest.mark.parametrize("layout", ["msd", "nnunetv2"])
+def test_no_test_folders_or_no_labels_means_no_test_cases(tmp_path, layout):
+    root = write_named_cases(tmp_path / "a", layout, ["a1", "a2"], unlabelled_test_ids=["u1", "u2"])
+    assert read_index(root).test_cases == ()
+    bare = write_named_cases(tmp_path / "b", layout, ["a1", "a2"])
+    assert read_index(bare).test_cases == ()
+
+
+def test_test_case_leading_out_of_the_dataset_is_a_defect(tmp_path):
+    root = write_named_cases(tmp_path / "ds", "msd", ["a1", "a2"], test_ids=["t1", "t2"])
+    outside = write_nifti(tmp_path / "elsewhere.nii.gz", np.zeros((4, 4, 2), np.uint8))
+    (root / "labelsTs" / "t2.nii.gz").unlink()
+    (root / "labelsTs" / "t2.nii.gz").symlink_to(outside)
+    index = read_index(root)
+    assert [c.case_id for c in index.test_cases] == ["t1"]
+    assert len(index.defects) == 1 and "outside the dataset folder" in str(index.defects[0])
+
+
+def test_test_case_with_a_training_case_id_is_a_defect(tmp_path):
+    root = write_named_cases(tmp_path / "ds", "nnunetv2", ["a1", "a2"], test_ids=["a2", "t1"])
+    index = read_index(root)
+    assert [c.case_id for c in index.test_cases] == ["t1"]
+    assert [str(d) for d in index.defects] == [
+        f"{root / 'labelsTs' / 'a2.nii.gz'}: test case a2 is also a training case; "
+        "rename one of them or remove it from imagesTs/labelsTs"
+    ]
+
+
+def test_restricted_index_keeps_only_those_training_cases(tmp_path):
+    root = write_named_cases(tmp_path / "ds", "msd", ["c3", "c1", "c2", "c4"], test_ids=["t1"])
+    index = read_index(root)
+    small = index.restricted(["c4", "c3"])
+    assert [c.case_id for c in small.cases] == ["c3", "c4"]  # index order, not argument order
+    assert small.test_cases == index.test_cases
+    assert (small.root, small.layout, small.label_values, small.class_names, small.channel_names) == (
+        index.root, index.layout, index.label_values, index.class_names, index.channel_names)
+    from hpsearch.data import dataset_digest
+
+    assert dataset_digest(small) != dataset_digest(index)
+    assert dataset_digest(small) == dataset_digest(index.restricted(["c3", "c4"]))
+    with pytest.raises(HpsearchError, match="case.s. t1, x9 are not training cases") as info:
+        index.restricted(["c1", "x9", "t1"])
+    assert "\n" not in str(info.value)

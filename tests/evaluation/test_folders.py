@@ -162,3 +162,14 @@ def test_parse_regions():
     assert parse_regions(["wt=1,2,4", "tc=1,4"]) == {"wt": [1, 2, 4], "tc": [1, 4]}
     with pytest.raises(HpsearchError, match="given twice"):
         parse_regions(["wt=1", "wt=2"])
+
+
+def test_cli_one_folder_is_an_experiment(folders, capsys):
+    """`hpsearch evaluate EXPERIMENT` (the search's last step) refuses what is not one, in one line."""
+    pred_dir, _ = folders
+    assert main(["evaluate", str(pred_dir), "--regions", "tumour=1,2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--regions need(s) a second folder" in err[0]
+    assert main(["evaluate", str(pred_dir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(pred_dir) in err[0]

@@ -111,3 +111,21 @@ def test_cli_model_mode(brats_small, brats_model, tmp_path, capsys):
         assert main(["evaluate", str(brats_model), str(brats_small), *args]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and expected in err[0]
+
+
+def test_cli_default_split_is_the_labelled_test_cases(brats_small, brats_model, tmp_path, capsys):
+    dataset = shutil.copytree(brats_small, tmp_path / "brats")
+    for case in read_index(dataset).cases[:2]:  # copies of two cases, under new ids, become test cases
+        for folder, path in (("imagesTs", case.images[0]), ("labelsTs", case.label)):
+            (dataset / folder).mkdir(exist_ok=True)
+            shutil.copy(path, dataset / folder / f"test_{path.name}")
+    test_ids = [c.case_id for c in read_index(dataset).test_cases]
+    assert len(test_ids) == 2
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(brats_model), str(dataset), "--out", str(out)]) == 0
+    assert "over 2 case(s)" in capsys.readouterr().out
+    saved = json.loads((out / "evaluation.json").read_text())
+    assert [c["case"] for c in saved["cases"]] == test_ids
+    # The same predictions scored in prediction mode against the dataset's test labels: the same numbers.
+    assert main(["evaluate", str(out), str(dataset), "--out", str(tmp_path / "again")]) == 0
+    assert json.loads((tmp_path / "again" / "evaluation.json").read_text()) == saved

@@ -105,6 +105,29 @@ def _parser() -> argparse.ArgumentParser:
                               "default: as validated during the search (off)")
     predict.set_defaults(func=_cmd_predict)
 
+    evaluate = commands.add_parser(
+        "evaluate", help="Dice, IoU and HD95 per case: predictions against labels, or a model on a dataset",
+        description="A B: if A is a model folder (hpsearch export), segment dataset B's cases into --out "
+        "and score them; else score prediction folder A against label folder B (or dataset folder B). "
+        "Writes evaluation.csv and evaluation.json into --out. EXPERIMENT alone: evaluate a finished "
+        "search's chosen model on its locked test split (what the search runs at its end).",
+    )
+    evaluate.add_argument("a", type=Path, metavar="MODEL_OR_PRED_DIR",
+                          help="an exported model folder, a folder of predicted CASE.nii.gz files, "
+                          "or (alone) an experiment folder")
+    evaluate.add_argument("b", type=Path, nargs="?", metavar="DATASET_OR_LABEL_DIR",
+                          help="a dataset folder (dataset.json), or a folder of ground-truth CASE.nii.gz files")
+    evaluate.add_argument("--out", type=Path, help="new folder for predictions (model mode: required) "
+                          "and evaluation.csv + evaluation.json")
+    evaluate.add_argument("--regions", nargs="+", action="extend", metavar="NAME=V1,V2",
+                          help="also score unions of label values, e.g. whole_tumour=1,2,4 tumour_core=1,4 "
+                          "(default: the regions the model's export records)")
+    evaluate.add_argument("--split", choices=["test", "train"],
+                          help="cases of a dataset folder: test (imagesTs/labelsTs, default) or train")
+    evaluate.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=None,
+                          help="model mode: test-time mirroring (default: the export's setting)")
+    evaluate.set_defaults(func=_cmd_evaluate)
+
     add_cluster_commands(commands)
 
     data = commands.add_parser("data", help="inspect or generate datasets").add_subparsers(
@@ -269,6 +292,30 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     for path in predict_path(args.model, args.input, args.output, mirror=args.mirror):
         print(f"wrote {path}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.b is None:  # `hpsearch evaluate EXPERIMENT`: the locked test split, as the search's last step
+        given = [flag for flag, value in (("--out", args.out), ("--regions", args.regions), ("--split", args.split),
+                                          ("--mirror", args.mirror)) if value is not None]
+        if given:
+            raise HpsearchError(f"evaluate {args.a}: {', '.join(given)} need(s) a second folder (DATASET or LABEL "
+                                "dir); an experiment is evaluated as its search recorded it")
+        from hpsearch.runtime import quiet_tensorflow
+
+        quiet_tensorflow()
+        from hpsearch.search.holdout import evaluate_search
+
+        evaluate_search(args.a, echo=_echo)
+        return 0
+    from hpsearch.evaluation.command import parse_regions, run_evaluate
+
+    regions = parse_regions(args.regions) if args.regions else None
+    report = run_evaluate(args.a, args.b, out=args.out, regions=regions, split=args.split, mirror=args.mirror)
+    print(report.format())
+    for name in ("evaluation.csv", "evaluation.json") if args.out else ():
+        print(f"wrote {args.out / name}")
     return 0
 
 

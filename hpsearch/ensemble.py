@@ -54,6 +54,10 @@ MEMBERS_DIR = "members"
 COMBINE = "mean of softmax probabilities"
 FOLDS_FILE = "folds.json"
 
+# Settings of how training split and sampled the cases: they differ between folds by design
+# and prediction never reads them.
+_TRAINING_ONLY = {"sampling", "val_fraction", "split_seed", "keep_empty_fraction"}
+
 # What the message names when members disagree, and what the user can do about it.
 _WHY = {
     "intensity": "intensity statistics (CT normalisation is fitted on each fold's training cases)",
@@ -185,13 +189,22 @@ def export_ensemble(
 def _check_alike(dirs: list[Path], states: list[dict], infos: list[dict]) -> None:
     """Members must be the same network fed the same way: their probabilities are averaged
     voxel by voxel, after one preprocessing of the scan."""
-    reference = {"model": states[0]["model"], "hyperparameters": states[0].get("params"),
-                 **shared_settings(infos[0])}
+    reference = _fed_as(states[0], infos[0])
     for directory, state, info in zip(dirs[1:], states[1:], infos[1:]):
-        member = {"model": state["model"], "hyperparameters": state.get("params"), **shared_settings(info)}
+        member = _fed_as(state, info)
         for key in sorted(set(reference) | set(member)):
             if member.get(key) != reference.get(key):
                 raise HpsearchError(
                     f"{directory} and {dirs[0]}: different {_WHY.get(key, key)}; an ensemble averages models "
                     "fed the same input, so export one fold without --ensemble"
                 )
+
+
+def _fed_as(state: dict, info: dict) -> dict[str, Any]:
+    """The network and everything prediction does around it; not how training split and
+    sampled the cases (folds differ there by design)."""
+    settings = {key: value for key, value in shared_settings(info).items() if key not in _TRAINING_ONLY}
+    for key in ("preprocess", "volume_config"):
+        if key in settings:
+            settings[key] = {k: v for k, v in settings[key].items() if k not in _TRAINING_ONLY}
+    return {"model": state["model"], "hyperparameters": state.get("params"), **settings}

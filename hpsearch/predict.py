@@ -176,11 +176,14 @@ def read_export_meta(directory: Path) -> dict:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise HpsearchError(f"{meta_path}: not readable JSON ({exc})") from None
     version = meta.get("format_version") if isinstance(meta, dict) else None
-    if version not in (EXPORT_FORMAT, ENSEMBLE_FORMAT) or (version == ENSEMBLE_FORMAT) != ("ensemble" in meta):
+    if version not in (EXPORT_FORMAT, ENSEMBLE_FORMAT):
         raise HpsearchError(
             f"{meta_path}: export format {version!r}; this hpsearch reads formats {EXPORT_FORMAT} (one model) "
             f"and {ENSEMBLE_FORMAT} (an ensemble) (use the hpsearch version that exported it, or export again)"
         )
+    if (version == ENSEMBLE_FORMAT) != ("ensemble" in meta):
+        raise HpsearchError(f"{meta_path}: format {version} with{'' if 'ensemble' in meta else 'out'} an ensemble "
+                            f"section; only format {ENSEMBLE_FORMAT} is an ensemble (edited or damaged? export again)")
     for path in model_files(directory, meta):
         if not path.is_file():
             raise HpsearchError(f"{path}: missing; not a complete model folder written by `hpsearch export` "

@@ -58,7 +58,7 @@ FOLDS_FILE = "folds.json"
 # and prediction never reads them.
 _TRAINING_ONLY = {"sampling", "val_fraction", "split_seed", "keep_empty_fraction"}
 
-# What the message names when members disagree, and what the user can do about it.
+# What the message calls a setting the members disagree on.
 _WHY = {
     "intensity": "intensity statistics (CT normalisation is fitted on each fold's training cases)",
     "preprocess": "slice preprocessing",

@@ -82,6 +82,9 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("experiment", type=Path, help="experiment folder of a finished search")
     export.add_argument("--out", type=Path, required=True, help="new folder for model.keras + hpsearch-model.json")
     export.add_argument("--register", metavar="NAME", help="also add a version to the MLflow Model Registry")
+    export.add_argument("--ensemble", action="store_true",
+                        help="export the best trial's cross-validation fold models as one model that averages "
+                             "their probabilities (needs a search with dataset.folds and search.cross_validation)")
     export.set_defaults(func=_cmd_export)
 
     dash = commands.add_parser("dashboard", help="write a search's HTML dashboard, or compare searches")
@@ -264,7 +267,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     quiet_tensorflow()
     from hpsearch.search.exporting import export_best
 
-    out = export_best(args.experiment, args.out, register=args.register, echo=_echo)
+    out = export_best(args.experiment, args.out, register=args.register, ensemble=args.ensemble, echo=_echo)
     print(f"exported to {out}")
     return 0
 

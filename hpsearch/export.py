@@ -14,6 +14,10 @@ everything prediction needs and nothing it must not trust:
   and any ``extra`` such as MLflow run ids). Prediction refuses to write into the
   dataset folder named there.
 
+The k fold models of a cross-validated configuration export as one ensemble folder
+(:mod:`hpsearch.ensemble`), written with the same helpers (:func:`write_export`,
+:func:`save_verified`, :func:`export_meta`).
+
 Example:
     >>> from hpsearch.export import export_model
     >>> export_model(Path("state/"), Path("lv-model/"), data_info=data.info,  # doctest: +SKIP
@@ -30,7 +34,7 @@ import os
 import secrets
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -74,16 +78,27 @@ def export_model(
         >>> export_model(Path("ckpt"), Path("model"), data_info=data.info)  # doctest: +SKIP
         PosixPath('model')
     """
+    checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
+    state = read_checkpoint_state(checkpoint_dir, data_info)
+    check_out_dir(out_dir)
+    model, params = model_from_checkpoint(checkpoint_dir, state, data_info)
+    meta = merge_extra(export_meta(state, params, data_info), extra)
+    return write_export(out_dir, meta, lambda folder: save_verified(model, folder / MODEL_FILE, input_shape(data_info)))
+
+
+def read_checkpoint_state(checkpoint_dir: Path, data_info: dict) -> dict:
+    """The ``trainer_state.json`` of a complete checkpoint trained on the data ``data_info`` describes.
+
+    Raises:
+        HpsearchError: No state or best weights, unreadable state, or another dataset digest.
+    """
     from hpsearch.trainer import BEST_WEIGHTS_FILE, STATE_FILE
 
-    checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
     state_file = checkpoint_dir / STATE_FILE
     if not state_file.is_file() or not (checkpoint_dir / BEST_WEIGHTS_FILE).is_file():
         raise HpsearchError(
             f"{checkpoint_dir}: no {STATE_FILE} or {BEST_WEIGHTS_FILE}; not a complete trainer checkpoint"
         )
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise HpsearchError(f"{out_dir}: already exists and is not empty; choose another export folder")
     try:
         state = json.loads(state_file.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -96,38 +111,65 @@ def export_model(
             f"{checkpoint_dir}: trained on dataset digest {trained_on[:12]}..., but data_info "
             f"describes {described[:12]}...; pass the info of the data it was trained on"
         )
+    return state
 
-    model, params = model_from_checkpoint(checkpoint_dir, state, data_info)
-    shape = input_shape(data_info)
 
-    meta: dict[str, Any] = {
+def check_out_dir(out_dir: Path) -> None:
+    """Refuse an export folder that exists and is not empty (nothing is overwritten)."""
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise HpsearchError(f"{out_dir}: already exists and is not empty; choose another export folder")
+
+
+def export_meta(state: dict, params: Any, data_info: dict) -> dict[str, Any]:
+    """The ``hpsearch-model.json`` of one checkpoint, before ``extra`` (see the module docstring)."""
+    return {
         "format_version": EXPORT_FORMAT,
         "model": state["model"],
         "hyperparameters": params.model_dump(mode="json"),
-        "channel_names": list(data_info["channel_names"]),
-        "class_names": list(data_info["class_names"]),
-        "label_values": [int(v) for v in data_info["label_values"]],
-        **_preprocessing(data_info),
-        "input_shape": list(shape),
+        **shared_settings(data_info),
+        "input_shape": list(input_shape(data_info)),
         "best_val_dice": state.get("best_val_dice"),
         "best_epoch": state.get("best_epoch"),
         "epochs_trained": state.get("epoch"),
-        "dataset_digest": trained_on or described,
+        "dataset_digest": state.get("data_digest") or data_info.get("digest") or "",
         "dataset": data_info.get("dataset"),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "hpsearch_version": _version(),
     }
+
+
+def shared_settings(data_info: dict) -> dict[str, Any]:
+    """What a scan must be fed and mapped back with: channels, classes, label values and
+    the preprocessing (models averaged into an ensemble must agree on all of it)."""
+    return {
+        "channel_names": list(data_info["channel_names"]),
+        "class_names": list(data_info["class_names"]),
+        "label_values": [int(v) for v in data_info["label_values"]],
+        **_preprocessing(data_info),
+    }
+
+
+def merge_extra(meta: dict[str, Any], extra: dict | None) -> dict[str, Any]:
+    """``meta`` with the caller's ``extra`` keys added at the top level.
+
+    Raises:
+        ValueError: An ``extra`` key would replace one of the export's own.
+    """
     clash = sorted(set(extra or {}) & set(meta))
     if clash:  # a caller's bug: extra must not silently replace what prediction relies on
         raise ValueError(f"extra keys {clash} clash with the export's own metadata")
-    meta.update(extra or {})
+    return {**meta, **(extra or {})}
 
+
+def write_export(out_dir: Path, meta: dict[str, Any], save: Callable[[Path], None]) -> Path:
+    """Write an export folder complete or not at all: ``save(folder)`` writes the model
+    file(s) and ``meta`` goes to ``hpsearch-model.json``, in a hidden sibling folder that is
+    renamed to ``out_dir`` (which must not exist or be empty) at the end."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     partial = out_dir.with_name(f".{out_dir.name}.partial-{secrets.token_hex(4)}")
     partial.mkdir()
     try:
-        model.save(partial / MODEL_FILE)  # never compiled: no optimizer state inside
-        _verify_reload(model, partial / MODEL_FILE, shape)
+        save(partial)
         # default=str: extra may carry Paths or datetimes from a fingerprint or tracker.
         (partial / META_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
         if out_dir.exists():
@@ -137,6 +179,13 @@ def export_model(
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return out_dir
+
+
+def save_verified(model: keras.Model, path: Path, shape: tuple[int, ...]) -> None:
+    """Save ``model`` (never compiled: no optimizer state inside) and check it reloads."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    _verify_reload(model, path, shape)
 
 
 def model_from_checkpoint(checkpoint_dir: Path, state: dict, data_info: dict) -> tuple[keras.Model, Any]:

@@ -13,10 +13,12 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import re
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,8 +31,9 @@ from hpsearch.data.layouts import NIFTI_ENDINGS
 from hpsearch.data.preprocess import fit_in_plane, preprocess_volume
 from hpsearch.data.volumes import AFFINE_TOLERANCE_MM, header_spacing
 from hpsearch.errors import HpsearchError
+from hpsearch.ensemble import ENSEMBLE_FORMAT, member_files
 from hpsearch.export import EXPORT_FORMAT, META_FILE, MODEL_FILE
-from hpsearch.segment import keras_logits, segment_scan
+from hpsearch.segment import ensemble_logits, keras_logits, segment_scan
 
 if TYPE_CHECKING:
     import keras
@@ -41,18 +44,19 @@ _CHANNEL_FILE = re.compile(r"^(.+)_(\d{4})\.nii(\.gz)?$")
 
 @dataclasses.dataclass
 class ExportedModel:
-    """An exported network (``model``) with the metadata that says how to feed it (``meta``)."""
+    """An exported network, or the members of an exported ensemble (``models``), with the
+    metadata that says how to feed it (``meta``)."""
 
-    model: keras.Model
+    models: list[keras.Model]
     meta: dict
     directory: Path
 
     @classmethod
     def load(cls, directory: str | Path, meta: dict | None = None) -> ExportedModel:
-        """Read an export folder; the model loads with ``safe_mode=True`` (no pickled code).
+        """Read an export folder; every model loads with ``safe_mode=True`` (no pickled code).
 
         Args:
-            directory: The folder `hpsearch export` wrote.
+            directory: The folder `hpsearch export` wrote (with or without ``--ensemble``).
             meta: Its metadata if already read (:func:`read_export_meta`).
 
         Raises:
@@ -63,12 +67,32 @@ class ExportedModel:
         # Keras (TensorFlow) only now: a wrong folder or input fails without its start-up lines.
         import keras
 
-        model_path = directory / MODEL_FILE
-        try:
-            model = keras.models.load_model(model_path, safe_mode=True, compile=False)
-        except Exception as exc:  # Keras raises many types for damaged or unsafe files
-            raise HpsearchError(f"{model_path}: cannot load the model ({type(exc).__name__}: {exc})") from None
-        return cls(model, meta, directory)
+        models = []
+        for model_path in model_files(directory, meta):
+            try:
+                models.append(keras.models.load_model(model_path, safe_mode=True, compile=False))
+            except Exception as exc:  # Keras raises many types for damaged or unsafe files
+                raise HpsearchError(f"{model_path}: cannot load the model ({type(exc).__name__}: {exc})") from None
+        return cls(models, meta, directory)
+
+    @property
+    def model(self) -> keras.Model:
+        """The network of a single-model export (an ensemble has :attr:`models`)."""
+        if len(self.models) != 1:
+            raise HpsearchError(f"{self.directory}: an ensemble of {len(self.models)} models; use its models "
+                                "or predict_batch")
+        return self.models[0]
+
+    @property
+    def is_ensemble(self) -> bool:
+        return "ensemble" in self.meta
+
+    @functools.cached_property
+    def predict_batch(self) -> Callable[[np.ndarray], np.ndarray]:
+        """Network input batch to float32 logits: the model's, or for an ensemble
+        ``log(mean_i softmax(member_i(x)))``, whose softmax is the members' mean probability.
+        Slice and patch prediction both call it, so both average the same way."""
+        return ensemble_logits(self.models) if self.is_ensemble else keras_logits(self.models[0])
 
     @property
     def channel_names(self) -> list[str]:
@@ -117,7 +141,7 @@ class ExportedModel:
             if spacing is None:
                 raise HpsearchError("this model was trained on patches at a target spacing; give the scan's spacing")
             mirror = self.meta.get("inference", {}).get("mirror", False) if mirror is None else mirror
-            classes = segment_scan(image.astype(np.float32), spacing, keras_logits(self.model), self.meta,
+            classes = segment_scan(image.astype(np.float32), spacing, self.predict_batch, self.meta,
                                    batch_size=batch_size, mirror=mirror)
             return to_label_values(classes, self.meta["label_values"])
         config = PreprocessConfig(**self.meta["preprocess"])
@@ -126,8 +150,7 @@ class ExportedModel:
         classes = np.empty((len(slices), *original), np.uint8)
         # One batch at a time: full-volume probabilities would be slices x X x Y x classes floats.
         for start in range(0, len(slices), batch_size):
-            # A direct call, not predict(): no tf.function tracing per model and batch size.
-            logits = np.asarray(self.model(slices[start : start + batch_size], training=False), np.float32)
+            logits = self.predict_batch(slices[start : start + batch_size])
             probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
             probs /= probs.sum(axis=-1, keepdims=True)
             # Probabilities, not class indices, are resampled: linear interpolation of
@@ -140,24 +163,37 @@ class ExportedModel:
 def read_export_meta(directory: Path) -> dict:
     """The checked ``hpsearch-model.json`` of an export folder (no TensorFlow needed).
 
+    Format 1 is a single ``model.keras``; format 2 an ensemble (:mod:`hpsearch.ensemble`).
+
     Raises:
         HpsearchError: A file is missing or unreadable, or the export format is unknown.
     """
-    meta_path, model_path = directory / META_FILE, directory / MODEL_FILE
-    for path in (meta_path, model_path):
-        if not path.is_file():
-            raise HpsearchError(f"{path}: missing; not a model folder written by `hpsearch export`")
+    meta_path = directory / META_FILE
+    if not meta_path.is_file():
+        raise HpsearchError(f"{meta_path}: missing; not a model folder written by `hpsearch export`")
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise HpsearchError(f"{meta_path}: not readable JSON ({exc})") from None
     version = meta.get("format_version") if isinstance(meta, dict) else None
-    if version != EXPORT_FORMAT:
+    if version not in (EXPORT_FORMAT, ENSEMBLE_FORMAT):
         raise HpsearchError(
-            f"{meta_path}: export format {version!r}; this hpsearch reads format {EXPORT_FORMAT} "
-            "(use the hpsearch version that exported it, or export again)"
+            f"{meta_path}: export format {version!r}; this hpsearch reads formats {EXPORT_FORMAT} (one model) "
+            f"and {ENSEMBLE_FORMAT} (an ensemble) (use the hpsearch version that exported it, or export again)"
         )
+    if (version == ENSEMBLE_FORMAT) != ("ensemble" in meta):
+        raise HpsearchError(f"{meta_path}: format {version} with{'' if 'ensemble' in meta else 'out'} an ensemble "
+                            f"section; only format {ENSEMBLE_FORMAT} is an ensemble (edited or damaged? export again)")
+    for path in model_files(directory, meta):
+        if not path.is_file():
+            raise HpsearchError(f"{path}: missing; not a complete model folder written by `hpsearch export` "
+                                "(copy the whole folder)")
     return meta
+
+
+def model_files(directory: Path, meta: dict) -> list[Path]:
+    """The ``.keras`` files of an export: ``model.keras``, or an ensemble's members."""
+    return member_files(directory, meta) if "ensemble" in meta else [directory / MODEL_FILE]
 
 
 def to_label_values(classes: np.ndarray, label_values: list[int]) -> np.ndarray:

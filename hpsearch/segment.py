@@ -13,7 +13,7 @@ dataset's ``info`` during training, ``hpsearch-model.json`` after export.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -79,3 +79,37 @@ def keras_logits(model) -> Callable[[np.ndarray], np.ndarray]:
         return np.asarray(model(batch, training=False), np.float32)
 
     return predict
+
+
+def ensemble_logits(models: Sequence) -> Callable[[np.ndarray], np.ndarray]:
+    """Several Keras models as one ``predict_batch``: :func:`mean_probability_logits` of their
+    outputs, so a later softmax gives the mean of their probabilities exactly."""
+    members = [keras_logits(model) for model in models]
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        return mean_probability_logits(member(batch) for member in members)  # one output held at a time
+
+    return predict
+
+
+def mean_probability_logits(logits: Iterable[np.ndarray]) -> np.ndarray:
+    """``log(mean_i softmax(logits_i))`` over the last axis, in float32.
+
+    A running log-sum-exp of log-softmaxes: no probability underflows to ``log(0)``, and
+    only one member's output is held besides the sum (3D patch batches are large).
+
+    Example:
+        >>> z = mean_probability_logits([np.array([0.0, 0.0]), np.array([0.0, np.log(3)])])
+        >>> np.round(np.exp(z), 3).tolist()  # mean of [0.5, 0.5] and [0.25, 0.75]
+        [0.375, 0.625]
+    """
+    total, count = None, 0
+    for z in logits:
+        z = np.asarray(z, np.float32)
+        shifted = z - z.max(axis=-1, keepdims=True)
+        log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+        total = log_probs if total is None else np.logaddexp(total, log_probs)
+        count += 1
+    if total is None:
+        raise ValueError("no logits to average")
+    return (total - np.float32(np.log(count))).astype(np.float32)

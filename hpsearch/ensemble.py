@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from hpsearch.search.folds import FOLDS_FILE
 from hpsearch.errors import HpsearchError
 from hpsearch.export import (
     META_FILE,
@@ -52,7 +53,6 @@ from hpsearch.network import input_shape
 ENSEMBLE_FORMAT = 2  # format 1 plus "ensemble"; members/ instead of model.keras
 MEMBERS_DIR = "members"
 COMBINE = "mean of softmax probabilities"
-FOLDS_FILE = "folds.json"
 
 # Settings of how training split and sampled the cases: they differ between folds by design
 # and prediction never reads them.

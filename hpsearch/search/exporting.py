@@ -58,9 +58,16 @@ def export_best(
             "export needs the experiment folder as the search left it"
         )
     from hpsearch.ensemble import export_ensemble, fold_checkpoints
+    from hpsearch.search.folds import FOLDS_FILE, fold_dir
     from hpsearch.export import META_FILE, export_model
 
-    members = fold_checkpoints(checkpoint) if ensemble else [checkpoint]
+    folds_file = checkpoint / FOLDS_FILE
+    if ensemble:
+        members = fold_checkpoints(checkpoint)
+    elif folds_file.is_file():  # a cross-validated trial: its fold 0 model (the top level is its last fold)
+        members = [checkpoint / fold_dir(0)]
+    else:
+        members = [checkpoint]
     runs, state = experiment.runs, experiment.state
     child = runs.child(best["trial_id"])
     run_id = child.info.run_id if child else None
@@ -70,14 +77,21 @@ def export_best(
         "search_metric": {results["metric"]: best["best_value"]},
         "mlflow": {"tracking_uri": state.tracking_uri, "parent_run_id": state.parent_run_id, "run_id": run_id},
         "fingerprint": state.data_info.get("fingerprint"),
+        "regions": dict(experiment.job.dataset.regions),  # `hpsearch evaluate MODEL DATASET` scores them too
     }
     # Which dataset content each checkpoint saw: the search's, or one accepted on resume.
     infos = [experiment.data_info_for(_trained_on(member)) for member in members]
+    if folds_file.is_file():  # each fold's own normalisation statistics (CT: fitted on its training cases)
+        done = json.loads(folds_file.read_text()).get("done", [])
+        intensity = {entry["dir"]: entry.get("intensity") for entry in done}
+        infos = [{**info, "intensity": intensity[m.name]} if intensity.get(m.name) is not None else info
+                 for info, m in zip(infos, members)]
     if ensemble:
         path = export_ensemble(members, out, data_info=infos, extra=extra)
     else:
-        path = export_model(checkpoint, out, data_info=infos[0], extra=extra)
-    echo(f"best trial {best['trial_id']}: {results['metric']} {best['best_value']:.4f} (epoch {best['best_epoch']})")
+        path = export_model(members[0], out, data_info=infos[0], extra=extra)
+    where = f"over {best['folds']} fold(s)" if best.get("folds") else f"(epoch {best['best_epoch']})"
+    echo(f"best trial {best['trial_id']}: {results['metric']} {best['best_value']:.4f} {where}")
     if ensemble:
         dice = json.loads((path / META_FILE).read_text())["ensemble"]["member_val_dice"]
         echo(f"ensemble of {len(members)} fold models (val_dice per fold: "

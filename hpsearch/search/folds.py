@@ -73,10 +73,14 @@ class FoldProgress:
     def finished(self) -> bool:
         return self.current >= self.num_folds
 
-    def finish_fold(self, *, best_value: float, best_epoch: int, best_val_dice: float) -> None:
+    def finish_fold(self, *, best_value: float, best_epoch: int, best_val_dice: float,
+                    intensity: dict | None = None) -> None:
+        """Record the current fold's result (``intensity``: its normalisation statistics,
+        which patch mode's CT scheme fits on each fold's training cases)."""
         fold = self.current
         self.done.append({"fold": fold, "best_value": float(best_value), "best_epoch": int(best_epoch),
-                          "best_val_dice": float(best_val_dice), "dir": fold_dir(fold)})
+                          "best_val_dice": float(best_val_dice), "dir": fold_dir(fold),
+                          **({"intensity": intensity} if intensity else {})})
 
     def budget(self, epoch: int) -> int:
         """ASHA's clock at ``epoch`` of the current fold (see the module docstring)."""

@@ -161,7 +161,8 @@ class SegmentationTrainable(tune.Trainable):
             self._folds_tmp = Path(tempfile.mkdtemp(prefix="hpsearch-folds-"))
         self.trainer.save(self._folds_tmp / fold_dir(self._fold))
         self._progress.finish_fold(best_value=self.trainer.best_value, best_epoch=self.trainer.best_epoch,
-                                   best_val_dice=self.trainer.best_val_dice)
+                                   best_val_dice=self.trainer.best_val_dice,
+                                   intensity=self._data[self._fold].info.get("intensity"))
 
     def _memory_budget(self) -> int:
         return trial_memory_bytes(self._runtime, self._runtime.intra_op_threads, self._gpus)

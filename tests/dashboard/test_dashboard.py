@@ -16,7 +16,7 @@ from hpsearch.dashboard.collect import collect_search
 from hpsearch.dashboard.figures import asha_rungs, curves_figure, outcome_style
 from hpsearch.dashboard.importance import compute_importance
 from hpsearch.dashboard.overlays import pick_slices
-from hpsearch.search.driver import _write_dashboard
+from hpsearch.search.driver import _in_child
 from hpsearch.experiment import SearchState, write_state
 from hpsearch.tracking import start_search_run
 
@@ -170,11 +170,12 @@ def test_bad_input_is_one_line_and_exit_2(searches, tmp_path, capsys):
     assert len(_errors(capsys)) == 1
 
 
-def test_a_failing_dashboard_is_one_warning_after_the_search(tmp_path):
+@pytest.mark.parametrize("command, what", [("dashboard", "dashboard"), ("evaluate", "test evaluation")])
+def test_a_failing_final_step_is_one_warning_after_the_search(tmp_path, command, what):
     lines: list[str] = []
-    _write_dashboard(tmp_path, lines.append)  # not an experiment folder: the dashboard fails
-    assert len(lines) == 1 and lines[0].startswith("warning: dashboard not written (")
-    assert f"hpsearch dashboard {tmp_path}" in lines[0]
+    _in_child(command, tmp_path, what, lines.append)  # not an experiment folder: the step fails
+    assert len(lines) == 1 and lines[0].startswith(f"warning: {what} not written (")
+    assert f"hpsearch {command} {tmp_path}" in lines[0]
 
 
 def test_pick_slices_prefers_one_full_slice_per_case():

@@ -187,6 +187,12 @@ def _header(search: Search, ui_base: str) -> str:
     counts = {o.value: sum(t.status == o for t in search.trials) for o in Outcome}
     best = search.best_trial()
     value, epoch = best.best(search.mode) if best else (math.nan, 0)
+    where = f"epoch {epoch}"
+    chosen = search.chosen or {}
+    if best and chosen.get("trial_id") == best.trial_id and chosen.get("folds"):  # the mean over its folds
+        value, where = float(chosen["best_value"]), f"mean over {chosen['folds']} folds"
+        if isinstance(chosen.get("value_std"), float) and math.isfinite(chosen["value_std"]):
+            where += f", std {chosen['value_std']:.4f}"
     shown = ", ".join(f"{k}={format_value(v)}" for k, v in sorted(best.params.items())) if best else ""
     sched = search.scheduler
     scheduler = (f"ASHA (grace period {sched.get('grace_period')}, reduction factor "
@@ -198,13 +204,31 @@ def _header(search: Search, ui_base: str) -> str:
         ("scheduler", html.escape(scheduler)),
         ("trials", html.escape(f"{len(search.trials)}: {counts['completed']} completed, {counts['stopped_early']} "
                                f"stopped early by ASHA, {counts['failed']} failed")),
-        (f"best {search.metric_label}", html.escape(f"{value:.4f} (trial {best.trial_id}, epoch {epoch}): {shown}")
-         if best else "none"),
+        (f"best {search.metric_label} (validation, the selection metric)",
+         html.escape(f"{value:.4f} (trial {best.trial_id}, {where}): {shown}") if best else "none"),
+        ("locked test split", html.escape(_test_line(search.test))),
         ("experiment folder", html.escape(str(search.experiment_dir))),
     ]
     table = "".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in rows)
     return (f"<h1>{html.escape(search.name)}</h1><p class=\"lead\">hpsearch dashboard: "
             f"{html.escape(search.metric_label)} on the validation cases</p><table class=\"summary\">{table}</table>")
+
+
+def _test_line(test: dict | None) -> str:
+    """The chosen model on the locked test split, beside the validation figure, with the gap."""
+    if not test:
+        return ("not evaluated: the validation figure above is the maximum over the trials, chosen on the "
+                "same cases, so optimistic (set dataset.test_fraction, or run `hpsearch evaluate EXPERIMENT`)")
+    figures = test.get("test", {})
+    per_class = ", ".join(f"{k.removeprefix('test_dice_')} {v:.4f}" for k, v in sorted(figures.items())
+                          if k.startswith("test_dice_"))
+    hd95 = ", ".join(f"{k.removeprefix('test_hd95_')} {v:.1f} mm" for k, v in sorted(figures.items())
+                     if k.startswith("test_hd95_"))
+    line = (f"test Dice {figures.get('test_dice', math.nan):.4f} on {test.get('test_cases')} case(s), "
+            f"{test.get('model')} [{per_class}]; HD95 [{hd95}]")
+    if test.get("optimism") is not None:
+        line += f"; optimism (validation - test) {test['optimism']:+.4f}"
+    return line
 
 
 def _overlays(search: Search) -> Overlays:

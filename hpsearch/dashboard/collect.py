@@ -91,6 +91,9 @@ class Search:
         job: The resolved job as ``hpsearch-search.json`` keeps it (plain JSON).
         start_ms: When the parent run started.
         trials: Every trial with an MLflow child run, in the order they started.
+        chosen: The best row of ``results.json`` (the search's own ranking: across folds, more
+            folds first), or ``None`` before the search finished.
+        test: The locked test split's evaluation (``test_results.json``), or ``None``.
     """
 
     name: str
@@ -108,6 +111,8 @@ class Search:
     job: dict[str, Any]
     start_ms: int
     trials: list[Trial]
+    chosen: dict[str, Any] | None = None
+    test: dict[str, Any] | None = None
 
     @property
     def class_names(self) -> list[str]:
@@ -124,10 +129,14 @@ class Search:
         return [t for t in self.trials if Outcome.parse(t.status).scored and math.isfinite(t.best(self.mode)[0])]
 
     def best_trial(self) -> Trial | None:
-        """The finished trial with the best value of the metric."""
+        """The trial the search chose (``results.json``), else the finished trial with the best
+        value of the metric."""
         finished = self.finished()
         if not finished:
             return None
+        chosen = (self.chosen or {}).get("trial_id")
+        if chosen and (trial := next((t for t in finished if t.trial_id == chosen), None)):
+            return trial
         sign = 1 if self.mode == "max" else -1
         return max(finished, key=lambda t: sign * t.best(self.mode)[0])
 
@@ -148,8 +157,12 @@ def collect_search(experiment_dir: Path) -> Search:
     parent = runs.parent
     space = _space(experiment)
     checkpoints = experiment.checkpoints()
-    metric = search_cfg.get("metric", "val_dice")
+    metric = experiment.objective  # cv_<metric> across folds
     trials = [_trial(runs.client, run, metric, space, checkpoints) for run in runs.children()]
+    try:
+        chosen = experiment.results().get("best")
+    except HpsearchError:
+        chosen = None  # not finished: the dashboard shows what MLflow has
     return Search(
         name=parent.info.run_name or experiment.name,
         experiment_dir=experiment.path,
@@ -166,6 +179,8 @@ def collect_search(experiment_dir: Path) -> Search:
         job=job,
         start_ms=int(parent.info.start_time or 0),
         trials=trials,
+        chosen=chosen,
+        test=experiment.test_results(),
     )
 
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from hpsearch.dashboard.collect import Search
 from hpsearch.metrics import compute_dice
+from hpsearch.search.folds import fold_zero
 
 CLASS_COLORS = ("#e41a1c", "#377eb8", "#4daf4a", "#ff7f00", "#984ea3", "#ffff33", "#a65628")
 
@@ -55,7 +56,8 @@ def best_trial_overlays(search: Search, count: int = 4) -> Overlays:
     best = search.best_trial()
     if best is None:
         return Overlays(b"", message="no finished trial")
-    checkpoint = Path(best.checkpoint) if best.checkpoint else None
+    # A cross-validated trial: fold 0's model, the one the recorded validation cases validate.
+    checkpoint = fold_zero(Path(best.checkpoint)) if best.checkpoint else None
     if checkpoint is None or not (checkpoint / STATE_FILE).is_file():
         where = checkpoint or f"{search.experiment_dir}/results.json"
         return Overlays(b"", best.trial_id, message=f"no checkpoint of trial {best.trial_id} at {where} "

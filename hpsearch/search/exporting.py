@@ -58,16 +58,11 @@ def export_best(
             "export needs the experiment folder as the search left it"
         )
     from hpsearch.ensemble import export_ensemble, fold_checkpoints
-    from hpsearch.search.folds import FOLDS_FILE, fold_dir
+    from hpsearch.search.folds import FOLDS_FILE, fold_zero
     from hpsearch.export import META_FILE, export_model
 
     folds_file = checkpoint / FOLDS_FILE
-    if ensemble:
-        members = fold_checkpoints(checkpoint)
-    elif folds_file.is_file():  # a cross-validated trial: its fold 0 model (the top level is its last fold)
-        members = [checkpoint / fold_dir(0)]
-    else:
-        members = [checkpoint]
+    members = fold_checkpoints(checkpoint) if ensemble else [fold_zero(checkpoint)]
     runs, state = experiment.runs, experiment.state
     child = runs.child(best["trial_id"])
     run_id = child.info.run_id if child else None

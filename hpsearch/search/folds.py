@@ -8,11 +8,14 @@ is a fresh model on that fold's training cases. What it reports is built here, b
   single-split search reports it; once ``n`` folds are done, the mean of their best values
   (each fold keeps the weights of its best epoch), held until the next fold is done.
 * ``budget`` (ASHA's clock): the epoch while fold 0 trains; ``n * max_epochs`` once ``n``
-  folds are done, held while the next one trains. So every ASHA rung compares like with
-  like: a rung below ``max_epochs`` is an epoch count of fold 0, one above is a number of
-  completed folds (a rung ``m`` is judged when ``ceil(m / max_epochs)`` folds are done).
-  With ``max_t = k * max_epochs``, ASHA adds folds only to the trials that survive, and a
-  k-fold search spends epochs of later folds on the few that deserve them.
+  folds are done, held while the next one trains. The rungs (:func:`fold_rungs`) are ASHA's
+  epoch rungs inside fold 0 (``grace_period * reduction_factor**i`` below ``max_epochs``),
+  then one at every fold boundary. So every rung compares like with like (the same epoch of
+  fold 0, or means over the same number of folds), and each fold goes only to the trials in
+  the top ``1 / reduction_factor`` of those that finished the previous one: a k-fold search
+  spends little more than a single-split one (ASHA's own geometric rungs would put the
+  first fold decision after ``reduction_factor`` folds, paying several folds for every
+  trial that finishes fold 0).
 
 Example:
     >>> p = FoldProgress(num_folds=3, max_epochs=4)
@@ -28,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import statistics
+from pathlib import Path
 from typing import Any
 
 FOLDS_FILE = "folds.json"  # in a cross-validated trial's checkpoint, beside the current fold's state
@@ -43,9 +47,32 @@ def objective_name(metric: str, num_folds: int) -> str:
     return f"cv_{metric}" if num_folds > 1 else metric
 
 
+def fold_rungs(grace_period: int, reduction_factor: float, max_epochs: int, num_folds: int) -> list[float]:
+    """The ``budget`` values at which a fold-fidelity ASHA decides (see the module docstring).
+
+    Example:
+        >>> fold_rungs(2, 3, 20, 5)
+        [2, 6, 18, 20, 40, 60, 80]
+    """
+    rungs, epoch = set(), grace_period
+    while epoch < max_epochs:
+        rungs.add(epoch)
+        epoch *= reduction_factor
+    rungs.update(max_epochs * n for n in range(1, num_folds))
+    return sorted(rungs)
+
+
 def fold_dir(fold: int) -> str:
     """The checkpoint sub-folder of a completed fold (a full :meth:`Trainer.save` folder)."""
     return f"fold_{fold}"
+
+
+def fold_zero(checkpoint: Path) -> Path:
+    """The folder of a trial checkpoint whose model belongs to the recorded split: ``fold_0/``
+    in a cross-validated trial's checkpoint (its top level holds its *last* fold, trained on
+    other cases), the checkpoint itself otherwise. A search's ``data_info`` is fold 0's."""
+    checkpoint = Path(checkpoint)
+    return checkpoint / fold_dir(0) if (checkpoint / FOLDS_FILE).is_file() else checkpoint
 
 
 @dataclasses.dataclass

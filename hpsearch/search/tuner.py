@@ -22,7 +22,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from hpsearch.data.preprocess import PreparedData
 from hpsearch.errors import HpsearchError
-from hpsearch.search.folds import objective_name
+from hpsearch.search.folds import fold_rungs, objective_name
 from hpsearch.search.trainable import SegmentationTrainable
 from hpsearch.space import to_optuna
 
@@ -52,6 +52,21 @@ def make_sampler(name: str, seed: int, num_trials: int) -> optuna.samplers.BaseS
     raise HpsearchError(f"search.sampler: unknown sampler '{name}'")
 
 
+class FoldASHAScheduler(ASHAScheduler):
+    """Ray's ASHA with the rungs of :func:`~hpsearch.search.folds.fold_rungs` on the ``budget``
+    clock: its promotion rule, bookkeeping and checkpointed state, only the milestones set.
+
+    Ray builds geometric milestones in ``_Bracket``; they are replaced here (the one place
+    that touches that private structure, a list of ``(milestone, recorded)`` pairs, highest
+    first; ``tests/search/test_folds.py`` checks it still holds).
+    """
+
+    def __init__(self, rungs: list[float], **kwargs):
+        super().__init__(**kwargs)
+        for bracket in self._brackets:
+            bracket._rungs = [(milestone, {}) for milestone in sorted(rungs, reverse=True)]
+
+
 def build_tuner(
     job,
     space: dict[str, Any],
@@ -77,9 +92,17 @@ def build_tuner(
         mode=search.mode,
         sampler=make_sampler(search.sampler, search.seed, search.num_trials),
     )
-    if scheduler_cfg.type == "asha" and (folds == 1 or search.cross_validation == "fidelity"):
+    if scheduler_cfg.type == "asha" and folds == 1:
         scheduler = ASHAScheduler(
-            time_attr="training_iteration" if folds == 1 else "budget",
+            time_attr="training_iteration",
+            max_t=scheduler_cfg.max_epochs,
+            grace_period=scheduler_cfg.grace_period,
+            reduction_factor=scheduler_cfg.reduction_factor,
+        )
+    elif scheduler_cfg.type == "asha" and search.cross_validation == "fidelity":
+        scheduler = FoldASHAScheduler(
+            fold_rungs(scheduler_cfg.grace_period, scheduler_cfg.reduction_factor, scheduler_cfg.max_epochs, folds),
+            time_attr="budget",
             max_t=scheduler_cfg.max_epochs * folds,
             grace_period=scheduler_cfg.grace_period,
             reduction_factor=scheduler_cfg.reduction_factor,

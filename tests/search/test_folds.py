@@ -4,7 +4,10 @@ import math
 
 import pytest
 
-from hpsearch.search.folds import FoldProgress, objective_name
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import TrialScheduler
+
+from hpsearch.search.folds import FoldProgress, fold_rungs, objective_name
 from hpsearch.search.results import TrialSummary, sort_rows
 
 
@@ -59,3 +62,32 @@ def test_more_folds_rank_first_then_the_value():
     rows = [_row("lucky", 0.95, 1, "stopped_early"), _row("five", 0.80, 5), _row("five-better", 0.82, 5),
             _row("none", 0.99, 0, "stopped_early"), _row("failed", float("nan"), 0, "failed")]
     assert [r.trial_id for r in sort_rows(rows, "max")] == ["five-better", "five", "lucky", "none", "failed"]
+
+
+@pytest.mark.parametrize("grace, factor, max_epochs, folds, expected", [
+    (2, 3, 20, 5, [2, 6, 18, 20, 40, 60, 80]),     # epoch rungs in fold 0, then every fold boundary
+    (1, 2, 2, 3, [1, 2, 4]),
+    (4, 2, 4, 2, [4]),                              # grace = max_epochs: fold 0 trains whole
+])
+def test_fold_rungs(grace, factor, max_epochs, folds, expected):
+    assert fold_rungs(grace, factor, max_epochs, folds) == expected
+
+
+def test_the_real_asha_decides_at_fold_boundaries_on_the_budget_clock():
+    from hpsearch.search.tuner import FoldASHAScheduler
+
+    scheduler = FoldASHAScheduler([1, 2, 4], time_attr="budget", max_t=6, grace_period=1, reduction_factor=2,
+                                  metric="cv_val_dice", mode="max")
+    assert [m for m, _ in scheduler._brackets[0]._rungs] == [4, 2, 1]
+
+    def report(trial, budget, value):
+        return scheduler.on_trial_result(None, trial, {"budget": budget, "cv_val_dice": value})
+
+    good, bad = Trial("trainable", stub=True, trial_id="good"), Trial("trainable", stub=True, trial_id="bad")
+    for trial in (good, bad):
+        scheduler.on_trial_add(None, trial)
+    assert report(good, 1, 0.5) == TrialScheduler.CONTINUE
+    assert report(good, 2, 0.6) == TrialScheduler.CONTINUE    # fold 0 done
+    assert report(good, 2, 0.6) == TrialScheduler.CONTINUE    # fold 1 training: budget held, no new decision
+    assert report(bad, 1, 0.6) == TrialScheduler.CONTINUE     # better than good at epoch 1
+    assert report(bad, 2, 0.3) == TrialScheduler.STOP         # worse after fold 0: no fold 1

@@ -70,7 +70,7 @@ class SliceFeed:
     def evaluate(self, model: keras.Model, loss_fn: Callable, batch_size: int) -> tuple[float, SegmentationScores]:
         """Validation loss (mean over slices) and per-case Dice/IoU over the resized slices."""
         data = self.data
-        metric = DiceMetric(data.num_classes)
+        metric = DiceMetric(data.num_classes, regions=region_classes(data.info))
         batch = max(batch_size, 32)
         predictions = np.empty(data.val_y.shape, np.uint8)
         loss_sum = 0.0
@@ -85,6 +85,12 @@ class SliceFeed:
 
     def close(self) -> None:
         """Nothing runs in the background in slice mode."""
+
+
+def region_classes(info: dict[str, Any]) -> dict[str, list[int]]:
+    """The dataset's evaluation regions (label values in ``info["regions"]``) as class indices."""
+    index = {int(v): i for i, v in enumerate(info.get("label_values", ()))}
+    return {name: [index[int(v)] for v in values] for name, values in (info.get("regions") or {}).items()}
 
 
 class PatchFeed:
@@ -150,7 +156,7 @@ class PatchFeed:
         ``hpsearch predict`` uses, so ``val_dice`` is the Dice its output would score.
         """
         data, info = self.data, self.data.info
-        metric = DiceMetric(data.num_classes)
+        metric = DiceMetric(data.num_classes, regions=region_classes(data.info))
         predict = keras_logits(model)
         losses = []
         for image, label, spacing in zip(data.val_images, data.val_labels, info["val_spacings"]):

@@ -83,11 +83,15 @@ class SegmentationScores:
         dice: Mean Dice per class over cases, background at index 0.
         iou: Mean IoU per class over cases.
         num_cases: Cases averaged.
+        region_dice, region_iou: Mean Dice and IoU over cases of each evaluation region
+            (a union of classes, e.g. BraTS whole tumour); not part of :attr:`mean_dice`.
     """
 
     dice: np.ndarray
     iou: np.ndarray
     num_cases: int
+    region_dice: dict[str, float] = dataclasses.field(default_factory=dict)
+    region_iou: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def mean_dice(self) -> float:
@@ -105,6 +109,8 @@ class DiceMetric:
     Args:
         num_classes: Number of classes including background.
         empty_score: Score of a class absent from both prediction and truth.
+        regions: Region name -> the class indices it unites (BraTS whole tumour: the
+            classes of labels 1, 2 and 4), scored per case like a class.
 
     Example:
         >>> metric = DiceMetric(num_classes=2)
@@ -114,13 +120,19 @@ class DiceMetric:
         0.8333
     """
 
-    def __init__(self, num_classes: int, empty_score: float = 1.0):
+    def __init__(self, num_classes: int, empty_score: float = 1.0, regions: dict[str, list[int]] | None = None):
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2 (background and one class), got {num_classes}")
+        for name, members in (regions or {}).items():
+            if not members or not all(0 < int(c) < num_classes for c in members):
+                raise ValueError(f"region {name!r}: class indices {list(members)} must be foreground classes "
+                                 f"1..{num_classes - 1}")
         self.num_classes = num_classes
         self.empty_score = empty_score
+        self.regions = {name: [int(c) for c in members] for name, members in (regions or {}).items()}
         self._dice: list[np.ndarray] = []
         self._iou: list[np.ndarray] = []
+        self._regions: list[np.ndarray] = []  # per case: (dice, iou) of each region
 
     def update(self, pred: np.ndarray, true: np.ndarray) -> np.ndarray:
         """Add one case (all its voxels or slices); return its per-class Dice."""
@@ -128,6 +140,12 @@ class DiceMetric:
         dice = dice_from_counts(*counts, self.empty_score)
         self._dice.append(dice)
         self._iou.append(iou_from_counts(*counts, self.empty_score))
+        if self.regions:
+            scores = []
+            for members in self.regions.values():
+                union = confusion_counts(np.isin(pred, members), np.isin(true, members), 2)
+                scores.append((dice_from_counts(*union, self.empty_score)[1], iou_from_counts(*union, self.empty_score)[1]))
+            self._regions.append(np.asarray(scores, np.float64))
         return dice
 
     def update_slices(self, pred: np.ndarray, true: np.ndarray, case: np.ndarray) -> None:
@@ -145,8 +163,13 @@ class DiceMetric:
             warnings.simplefilter("ignore", RuntimeWarning)
             dice = np.nanmean(np.stack(self._dice), axis=0)
             iou = np.nanmean(np.stack(self._iou), axis=0)
-        return SegmentationScores(dice=dice, iou=iou, num_cases=len(self._dice))
+            regions = np.nanmean(np.stack(self._regions), axis=0) if self._regions else np.zeros((0, 2))
+        names = list(self.regions)
+        return SegmentationScores(dice=dice, iou=iou, num_cases=len(self._dice),
+                                  region_dice={n: float(v) for n, v in zip(names, regions[:, 0])},
+                                  region_iou={n: float(v) for n, v in zip(names, regions[:, 1])})
 
     def reset(self) -> None:
         self._dice.clear()
         self._iou.clear()
+        self._regions.clear()

@@ -80,6 +80,8 @@ class EpochResult:
         }
         for name, dice in zip(self.class_names[1:], self.scores.dice[1:]):
             out[f"val_dice_{metric_name(name)}"] = float(dice)
+        for name, dice in self.scores.region_dice.items():  # evaluation regions, named like classes
+            out[f"val_dice_{metric_name(name)}"] = float(dice)
         return out
 
     def format(self) -> str:

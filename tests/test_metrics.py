@@ -87,3 +87,31 @@ def test_errors_are_value_errors():
     with pytest.raises(ValueError, match="before any update"):
         DiceMetric(2).aggregate()
     assert math.isnan(DiceMetric(2, empty_score=float("nan")).update(np.zeros(2), np.zeros(2))[1])
+
+
+def test_regions_are_scored_per_case_like_classes():
+    # BraTS classes 0..3 stand for labels 0, 1, 2, 4; whole tumour unites classes 1, 2, 3.
+    from hpsearch.feeds import region_classes
+
+    regions = region_classes({"label_values": [0, 1, 2, 4], "regions": {"whole": [1, 2, 4], "core": [1, 4]}})
+    assert regions == {"whole": [1, 2, 3], "core": [1, 3]}
+    metric = DiceMetric(4, regions=regions)
+    true = np.array([1, 2, 3, 0, 0, 0])
+    pred = np.array([2, 1, 3, 3, 0, 0])       # every class confused, the tumour outline nearly right
+    metric.update(pred, true)
+    metric.update(np.zeros(4, int), np.zeros(4, int))   # no tumour at all: empty vs empty
+    scores = metric.aggregate()
+    assert scores.region_dice["whole"] == pytest.approx((2 * 3 / (4 + 3) + 1) / 2)
+    # core: truth {0, 2} (classes 1, 3), prediction {1, 2, 3}; they share voxel 2.
+    assert scores.region_dice["core"] == pytest.approx((2 * 1 / (2 + 3) + 1) / 2)
+    assert scores.region_iou["whole"] == pytest.approx((3 / 4 + 1) / 2)
+    plain = DiceMetric(4)
+    plain.update(pred, true)
+    plain.update(np.zeros(4, int), np.zeros(4, int))
+    assert scores.mean_dice == plain.aggregate().mean_dice  # regions stay out of the mean
+
+
+@pytest.mark.parametrize("regions", [{"bad": [0]}, {"bad": [4]}, {"bad": []}])
+def test_regions_must_be_foreground_classes(regions):
+    with pytest.raises(ValueError, match="region 'bad'"):
+        DiceMetric(4, regions=regions)

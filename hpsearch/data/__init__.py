@@ -157,5 +157,5 @@ def load_dataset(
         # How training samples, recorded with the data so the trainer and the search state see it.
         data.info["sampling"] = {"samples_per_epoch": config.samples_per_epoch,
                                  "foreground_fraction": config.foreground_fraction}
-    data.info.update(splits=splits.to_dict(), fold=fold)
+    data.info.update(splits=splits.to_dict(), fold=fold, regions=dict(config.regions))
     return data, hit

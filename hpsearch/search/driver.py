@@ -60,7 +60,7 @@ def run_search(job_path: Path, overrides=(), *, address: str | None = None, echo
 
     folds, from_cache = job.load_search_data()
     data = folds[0]
-    check_metric(job.search.metric, job.search.mode, data.class_names)
+    check_metric(job.search.metric, job.search.mode, [*data.class_names, *job.dataset.regions])  # regions too
     files = _search_files(job)
     echo(f"data: {data.summary()} ({'cache' if from_cache else 'preprocessed'})")
     echo(_splits_line(job, data.info["splits"], len(folds)))

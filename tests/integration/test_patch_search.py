@@ -27,7 +27,8 @@ from hpsearch.search.exporting import export_best
 
 JOB = """\
 name: brats3d
-dataset: {{path: {data}, dims: 3, patch_size: [16, 16, 8], samples_per_epoch: 8, val_fraction: 0.4}}
+dataset: {{path: {data}, dims: 3, patch_size: [16, 16, 8], samples_per_epoch: 8, val_fraction: 0.4,
+          regions: {{whole_tumour: [1, 2, 4]}}}}
 model: unet
 augment: {{elastic_p: 0.0, lowres_p: 0.0}}
 params: {{epochs: 2, depth: 2, base_filters: 4, batch_size: 2, learning_rate: 3.0e-3}}
@@ -82,10 +83,11 @@ def test_3d_search_exports_a_model_whose_predictions_score_the_reported_val_dice
     meta = json.loads((model_dir / "hpsearch-model.json").read_text())
     assert meta["model"] == "unet3d" and meta["plan"]["patch_size"] == [16, 16, 8]
     assert meta["volume_config"]["target_spacing"] == info["volume_config"]["target_spacing"]
+    assert meta["regions"] == {"whole_tumour": [1, 2, 4]}
 
     # Predict every validation case from its 4-channel NIfTI file, score it in its own geometry.
     labels = info["label_values"]
-    scores = []
+    scores, whole = [], []
     for case in info["val_cases"]:
         source = brats_anisotropic / "imagesTr" / f"{case}.nii.gz"
         out = predict_path(model_dir, source, tmp_path / f"{case}-pred.nii.gz")[0]
@@ -97,8 +99,12 @@ def test_3d_search_exports_a_model_whose_predictions_score_the_reported_val_dice
         to_class = np.searchsorted(labels, values)
         true_class = np.searchsorted(labels, np.asarray(truth.dataobj).astype(int))
         scores.append(compute_dice(to_class, true_class, len(labels))[1:].mean())
+        whole.append(compute_dice(to_class > 0, true_class > 0, 2)[1])  # the region: labels 1, 2 and 4
     assert best["best_value"] > 0
     assert float(np.mean(scores)) == pytest.approx(best["best_value"], abs=1e-4)
+    # The evaluation region is reported per epoch like a class, on the same predictions.
+    at_best = next(h for h in best["history"] if h["training_iteration"] == best["best_epoch"])
+    assert float(np.mean(whole)) == pytest.approx(at_best["val_dice_whole_tumour"], abs=1e-4)
 
     # The dashboard's pictures: whole validation scans segmented as predict would, same Dice.
     pictures = best_trial_overlays(collect_search(folder), count=2)

@@ -265,7 +265,7 @@ def predict_path(model_dir: Path, input_path: Path, output_path: Path, *, mirror
                                              spacing=header_spacing(images[0]), mirror=mirror)
         except HpsearchError as exc:
             raise HpsearchError(f"{files[0]}: {exc}") from None
-        _write_labels(out, labels, images[0])
+        write_labels(out, labels, images[0])
         written.append(out)
     return written
 
@@ -330,7 +330,8 @@ def _voxels(path: Path, image: nib.Nifti1Image) -> np.ndarray:
         raise HpsearchError(f"{path}: unreadable or truncated NIfTI ({type(exc).__name__}: {exc})") from None
 
 
-def _write_labels(out: Path, labels: np.ndarray, reference: nib.Nifti1Image) -> None:
+def write_labels(out: Path, labels: np.ndarray, reference: nib.Nifti1Image) -> None:
+    """Write a label map with ``reference``'s geometry, under a hidden name then renamed."""
     # The scan's header keeps orientation codes and voxel sizes; the constructor makes it 3D.
     image = nib.Nifti1Image(labels, reference.affine, reference.header.copy())
     image.set_data_dtype(labels.dtype)

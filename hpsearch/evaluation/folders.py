@@ -156,7 +156,7 @@ def evaluate_model(
             model that cannot be read.
     """
     # TensorFlow only in here: a search imports this module without paying for it.
-    from hpsearch.predict import ExportedModel, _write_labels, read_export_meta, trained_on
+    from hpsearch.predict import ExportedModel, write_labels, read_export_meta, trained_on
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     if not cases:
@@ -181,7 +181,7 @@ def evaluate_model(
             labels = exported.predict_volume(image, spacing=volumes.spacing, mirror=mirror)
         except HpsearchError as exc:
             raise HpsearchError(f"{case.images[0]}: {exc}") from None
-        _write_labels(out, labels, nib.load(case.images[0]))
+        write_labels(out, labels, nib.load(case.images[0]))
     return score_files([(c.case_id, out, c.label) for c, out in jobs], label_values=meta["label_values"],
                        class_names=meta["class_names"], regions=regions)
 

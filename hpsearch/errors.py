@@ -4,6 +4,8 @@ The CLI prints an :class:`HpsearchError` as a single line and exits with code 2;
 anything else escaping is a bug and keeps its traceback.
 """
 
+EXIT_USER_ERROR = 2  # the exit code of every problem the user can fix
+
 
 class HpsearchError(Exception):
     """A user-facing error: bad job file, broken dataset, unreachable server.

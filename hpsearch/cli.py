@@ -293,3 +293,7 @@ def _version() -> str:
 
 def _echo(line: str) -> None:
     print(line, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -137,6 +137,3 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
     print(f"wrote {args.cases} {args.kind} cases to {out} in {time.perf_counter() - started:.1f}s")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

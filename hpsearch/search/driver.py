@@ -50,7 +50,10 @@ def run_search(job_path: Path, overrides=(), *, address: str | None = None, echo
     storage = real_path(Path(job.storage.path).expanduser())
     job = job.model_copy(update={
         "search_space": real_path(job.search_space),
-        "dataset": job.dataset.model_copy(update={"path": real_path(job.dataset.path)}),
+        "dataset": job.dataset.model_copy(update={
+            "path": real_path(job.dataset.path),
+            **{key: real_path(getattr(job.dataset, key)) for key in ("splits", "groups_file")
+               if getattr(job.dataset, key) is not None}}),
         "storage": job.storage.model_copy(update={"path": str(storage)}),
         "tracking": job.tracking.model_copy(update={"uri": resolve_uri(job.tracking.uri)}),
     })
@@ -106,6 +109,10 @@ def resume_search(experiment_dir: Path, *, address: str | None = None, echo: Ech
     files = _search_files(job)
     changed = experiment.check_dataset(digest_of_files(files), files, accept=accept_data_change)
     folds, _ = job.load_search_data(plan=experiment.state.data_info.get("plan"))
+    recorded = experiment.state.data_info.get("splits")
+    if recorded and folds[0].info["splits"] != recorded and not changed:
+        raise HpsearchError(f"{experiment.path}: the dataset's splits differ from those the search started with "
+                            f"(dataset.splits or groups_file changed?); restore them, or start a new search")
     if changed:
         experiment.update_data_info(folds[0].info)
         echo(f"warning: dataset changed ({len(changed)} file(s)); accepted and recorded in {experiment.path}")

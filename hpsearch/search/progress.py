@@ -35,6 +35,7 @@ class SearchProgress(tune.Callback):
         self.total, self.metric, self.mode, self.echo = total, metric, mode, echo
         self.live = sys.stdout.isatty() if live is None else live
         self.ended, self.running, self.best = 0, set(), math.nan
+        self._best_folds = 0  # cross-validation: the best is a mean over the most folds any trial finished
         self.started = time.monotonic()
         self._bar = self._task = None
 
@@ -60,12 +61,13 @@ class SearchProgress(tune.Callback):
         self._refresh()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        value = result.get(self.metric)
-        if result.get("cv_folds", 1) == 0:  # a cross-validated trial's fold 0 in progress: no estimate yet
+        value, folds = result.get(self.metric), int(result.get("cv_folds", 1))
+        if folds == 0 or folds < self._best_folds:  # fold 0 in progress, or fewer folds: not comparable
             value = None
         if isinstance(value, (int, float)) and math.isfinite(value) and (
-                math.isnan(self.best) or (value > self.best if self.mode == "max" else value < self.best)):
-            self.best = float(value)
+                math.isnan(self.best) or folds > self._best_folds
+                or (value > self.best if self.mode == "max" else value < self.best)):
+            self.best, self._best_folds = float(value), folds
         self._refresh()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -85,8 +87,13 @@ class SearchProgress(tune.Callback):
         self.ended += 1
         self.running.discard(trial.trial_id)
         last = trial.last_result or {}
-        line = (f"  trial {trial.trial_id} {outcome} after {last.get('training_iteration', 0)} epoch(s): "
-                f"best {self.metric} {last.get(f'best_{self.metric}', math.nan):.4f} | {self._status()}")
+        if last.get("cv_folds") == 0:  # cross-validated, stopped inside fold 0: no mean over folds
+            best = "no fold finished"
+        else:
+            folds = f" over {last['cv_folds']} fold(s)" if last.get("cv_folds") else ""
+            best = f"best {self.metric} {last.get(f'best_{self.metric}', math.nan):.4f}{folds}"
+        line = f"  trial {trial.trial_id} {outcome} after {last.get('training_iteration', 0)} epoch(s): {best} | " \
+               f"{self._status()}"
         if self._bar is not None:
             self._bar.console.print(line, highlight=False)
         else:
@@ -99,7 +106,8 @@ class SearchProgress(tune.Callback):
 
     def _status(self) -> str:
         elapsed = time.monotonic() - self.started
-        text = f"{self.ended}/{self.total} ended, {len(self.running)} running, best {self.metric} {self.best:.4f}, "
+        folds = f" ({self._best_folds} folds)" if self._best_folds > 1 else ""
+        text = f"{self.ended}/{self.total} ended, {len(self.running)} running, best {self.metric} {self.best:.4f}{folds}, "
         text += f"elapsed {_duration(elapsed)}"
         if self.ended and self.ended < self.total:
             # Trials end at about (ended / elapsed) per second at the current concurrency.

@@ -91,3 +91,20 @@ def test_the_real_asha_decides_at_fold_boundaries_on_the_budget_clock():
     assert report(good, 2, 0.6) == TrialScheduler.CONTINUE    # fold 1 training: budget held, no new decision
     assert report(bad, 1, 0.6) == TrialScheduler.CONTINUE     # better than good at epoch 1
     assert report(bad, 2, 0.3) == TrialScheduler.STOP         # worse after fold 0: no fold 1
+
+
+def test_progress_shows_the_best_mean_over_the_most_folds():
+    from hpsearch.search.progress import SearchProgress
+
+    lines = []
+    progress = SearchProgress(3, "cv_val_dice", "max", echo=lines.append, live=False)
+    a, b, c = (Trial("trainable", stub=True, trial_id=t) for t in "abc")
+    progress.on_trial_result(0, [], a, {"cv_val_dice": 0.95, "cv_folds": 0})   # fold 0 in progress: no estimate
+    assert math.isnan(progress.best)
+    progress.on_trial_result(0, [], a, {"cv_val_dice": 0.90, "cv_folds": 1})
+    progress.on_trial_result(0, [], b, {"cv_val_dice": 0.80, "cv_folds": 2})   # more folds win over a higher 1-fold mean
+    progress.on_trial_result(0, [], c, {"cv_val_dice": 0.99, "cv_folds": 1})
+    assert (progress.best, progress._status().split(", ")[2]) == (0.80, "best cv_val_dice 0.8000 (2 folds)")
+    c.update_last_result({"training_iteration": 2, "cv_folds": 0, "cv_val_dice": 0.5})
+    progress.on_trial_complete(0, [], c)
+    assert lines[-1].startswith("  trial c ended after 2 epoch(s): no fold finished | 1/3 ended")

@@ -8,14 +8,14 @@ is a fresh model on that fold's training cases. What it reports is built here, b
   single-split search reports it; once ``n`` folds are done, the mean of their best values
   (each fold keeps the weights of its best epoch), held until the next fold is done.
 * ``budget`` (ASHA's clock): the epoch while fold 0 trains; ``n * max_epochs`` once ``n``
-  folds are done, held while the next one trains. The rungs (:func:`fold_rungs`) are ASHA's
-  epoch rungs inside fold 0 (``grace_period * reduction_factor**i`` below ``max_epochs``),
-  then one at every fold boundary. So every rung compares like with like (the same epoch of
-  fold 0, or means over the same number of folds), and each fold goes only to the trials in
-  the top ``1 / reduction_factor`` of those that finished the previous one: a k-fold search
-  spends little more than a single-split one (ASHA's own geometric rungs would put the
-  first fold decision after ``reduction_factor`` folds, paying several folds for every
-  trial that finishes fold 0).
+  folds are done, held while the next one trains. Inside fold 0, Ray's ASHA decides at its
+  epoch rungs (:func:`fold_rungs` below ``max_epochs``), comparing trials at the same epoch
+  as a single-split search does. At every fold boundary after it
+  (:class:`~hpsearch.search.tuner.FoldASHAScheduler`), a trial's mean over its folds goes on
+  only if it is in the top ``1 / reduction_factor`` of the latest fold means of the other
+  trials that finished fold 0: means over different numbers of folds estimate the same
+  cross-validated Dice, so they share one pool, and a trial let through early (when few
+  others had finished fold 0) is stopped at its next boundary once better ones have.
 
 Example:
     >>> p = FoldProgress(num_folds=3, max_epochs=4)

@@ -73,24 +73,32 @@ def test_fold_rungs(grace, factor, max_epochs, folds, expected):
     assert fold_rungs(grace, factor, max_epochs, folds) == expected
 
 
-def test_the_real_asha_decides_at_fold_boundaries_on_the_budget_clock():
+def test_the_real_asha_decides_in_fold_0_then_at_every_fold_boundary():
     from hpsearch.search.tuner import FoldASHAScheduler
 
-    scheduler = FoldASHAScheduler([1, 2, 4], time_attr="budget", max_t=6, grace_period=1, reduction_factor=2,
+    scheduler = FoldASHAScheduler([1, 2, 4], 2, time_attr="budget", max_t=6, grace_period=1, reduction_factor=2,
                                   metric="cv_val_dice", mode="max")
-    assert [m for m, _ in scheduler._brackets[0]._rungs] == [4, 2, 1]
+    assert [m for m, _ in scheduler._brackets[0]._rungs] == [1]   # Ray's bracket: the epoch rungs of fold 0
+    early, good, best, bad = (Trial("trainable", stub=True, trial_id=t) for t in ("early", "good", "best", "bad"))
+    for trial in (early, good, best, bad):
+        scheduler.on_trial_add(None, trial)
 
     def report(trial, budget, value):
         return scheduler.on_trial_result(None, trial, {"budget": budget, "cv_val_dice": value})
 
-    good, bad = Trial("trainable", stub=True, trial_id="good"), Trial("trainable", stub=True, trial_id="bad")
-    for trial in (good, bad):
-        scheduler.on_trial_add(None, trial)
+    assert report(early, 1, 0.4) == TrialScheduler.CONTINUE
+    assert report(early, 2, 0.5) == TrialScheduler.CONTINUE   # fold 0 done, nobody to compare with: fold 1
+    assert report(early, 2, 0.5) == TrialScheduler.CONTINUE   # fold 1 training: budget held, no new decision
+    assert report(bad, 1, 0.1) == TrialScheduler.STOP         # epoch rung in fold 0: below the early trial
     assert report(good, 1, 0.5) == TrialScheduler.CONTINUE
-    assert report(good, 2, 0.6) == TrialScheduler.CONTINUE    # fold 0 done
-    assert report(good, 2, 0.6) == TrialScheduler.CONTINUE    # fold 1 training: budget held, no new decision
-    assert report(bad, 1, 0.6) == TrialScheduler.CONTINUE     # better than good at epoch 1
-    assert report(bad, 2, 0.3) == TrialScheduler.STOP         # worse after fold 0: no fold 1
+    assert report(good, 2, 0.8) == TrialScheduler.CONTINUE
+    assert report(best, 1, 0.6) == TrialScheduler.CONTINUE
+    assert report(best, 2, 0.9) == TrialScheduler.CONTINUE
+    # The early trial's 2-fold mean meets the 1-fold means of better trials: no third fold.
+    assert report(early, 4, 0.5) == TrialScheduler.STOP
+    assert report(good, 4, 0.85) == TrialScheduler.CONTINUE   # top half of the others' {0.5, 0.9}: above 0.7
+    assert report(best, 4, 0.88) == TrialScheduler.CONTINUE
+    assert report(best, 6, 0.87) == TrialScheduler.STOP       # every fold done
 
 
 def test_progress_shows_the_best_mean_over_the_most_folds():

@@ -134,7 +134,14 @@ def search(work: Path, name: str, settings: dict, folds: int | None) -> dict:
         run([*HPSEARCH, "evaluate", str(model), str(settings["data"]), "--out", str(scored)],
             folder, folder / "evaluate.log")
         row["fold0_test_dice"] = json.loads((scored / "evaluation.json").read_text())["summary"]["mean_dice"]
+        row["fold0_validation"] = fold0_validation(results)
+        row["fold0_optimism"] = row["fold0_validation"] - row["fold0_test_dice"]
     return row
+
+
+def fold0_validation(results: dict) -> float:
+    """The chosen trial's best fold-0 ``val_dice``: the validation Dice of the exported fold-0 model."""
+    return max(h["val_dice"] for h in results["best"]["history"] if h.get("fold") == 0)
 
 
 def _count(values: list[int]) -> dict[str, int]:
@@ -151,30 +158,46 @@ def summarise(rows: list[dict]) -> dict:
         "seeds": len(rows),
         "cv_wins": sum(c["test_dice"] > s["test_dice"] for s, c in zip(single, cv)),
         "cv_fold0_wins": sum(c["fold0_test_dice"] > s["test_dice"] for s, c in zip(single, cv)),
+        "same_configuration": sum(s["params"] == c["params"] for s, c in zip(single, cv)),
         "mean_test_dice": {"single": mean(s["test_dice"] for s in single), "cv": mean(c["test_dice"] for c in cv),
                            "cv_fold0": mean(c["fold0_test_dice"] for c in cv)},
-        "mean_optimism": {"single": mean(s["optimism"] for s in single), "cv": mean(c["optimism"] for c in cv)},
+        "mean_optimism": {"single": mean(s["optimism"] for s in single), "cv": mean(c["optimism"] for c in cv),
+                          "cv_fold0": mean(c["fold0_optimism"] for c in cv)},
         "epoch_ratio": {"mean": mean(ratios), "min": min(ratios), "max": max(ratios)},
         "search_wall_ratio": {"mean": mean(walls), "min": min(walls), "max": max(walls)},
     }
 
 
+def _short(params: dict) -> str:
+    return ", ".join(f"{k} {v:.2g}" if isinstance(v, float) else f"{k} {v}" for k, v in params.items())
+
+
+def _folds(counts: dict | None) -> str:
+    """``{"0": 6, "5": 1}`` -> ``6 x 0, 1 x 5``: how many trials completed how many folds."""
+    return ", ".join(f"{n} x {k}" for k, n in counts.items()) if counts else "-"
+
+
 def markdown(settings: dict, rows: list[dict], summary: dict, label: str) -> str:
     lines = [f"## CV vs single-split selection ({label})", "",
-             "| seed | search | chosen model | validation | test Dice | optimism | epochs | trials by folds done | search s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| seed | search | chosen configuration | chosen model | validation | test Dice | optimism | epochs "
+             "| trials x folds done | search s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         for kind in ("single", "cv"):
             x = r[kind]
-            lines.append(f"| {r['seed']} | {kind} | {x['model']} | {x['validation']:.4f} | {x['test_dice']:.4f} | "
-                         f"{x['optimism']:+.4f} | {x['epochs']} | {x['trials_per_folds'] or '-'} | {x['search_s']:.0f} |")
-        lines.append(f"| {r['seed']} | cv, fold 0 alone | single model | | {r['cv']['fold0_test_dice']:.4f} | | | | |")
+            lines.append(f"| {r['seed']} | {kind} | {_short(x['params'])} | {x['model']} | {x['validation']:.4f} | {x['test_dice']:.4f} | "
+                         f"{x['optimism']:+.4f} | {x['epochs']} | {_folds(x['trials_per_folds'])} | {x['search_s']:.0f} |")
+        c = r["cv"]
+        lines.append(f"| {r['seed']} | cv, fold 0 alone | same as cv | single model (fold 0) | {c['fold0_validation']:.4f} | "
+                     f"{c['fold0_test_dice']:.4f} | {c['fold0_optimism']:+.4f} | | | |")
     s, n = summary, summary["seeds"]
     lines += ["", f"- CV choice beats single-split choice on test Dice: {s['cv_wins']}/{n} seeds "
-              f"(CV choice's fold-0 model alone: {s['cv_fold0_wins']}/{n})",
+              f"(CV choice's fold-0 model alone: {s['cv_fold0_wins']}/{n}); same configuration chosen: "
+              f"{s['same_configuration']}/{n}",
               "- mean test Dice: single {single:.4f}, CV {cv:.4f}, CV fold-0 model {cv_fold0:.4f}".format(
                   **s["mean_test_dice"]),
-              "- mean optimism (validation - test): single {single:+.4f}, CV {cv:+.4f}".format(**s["mean_optimism"]),
+              ("- mean optimism (validation - test): single {single:+.4f}, CV (mean-over-folds estimate vs ensemble) "
+               "{cv:+.4f}, CV fold-0 model (its own validation) {cv_fold0:+.4f}").format(**s["mean_optimism"]),
               "- compute CV/single, epochs trained: mean {mean:.2f}x (range {min:.2f}-{max:.2f})".format(
                   **s["epoch_ratio"]),
               "- search wall time CV/single: mean {mean:.2f}x (range {min:.2f}-{max:.2f})".format(
@@ -198,7 +221,15 @@ def main() -> int:
     parser.add_argument("--work", type=Path, help="new work folder (default: a fresh temporary one)")
     parser.add_argument("--out", type=Path, help="write OUT.json and OUT.md (default: WORK/cv_selection)")
     parser.add_argument("--smoke-test", action="store_true", help="1 seed, 2 trials, 2 folds, 1 epoch, 32x32")
+    parser.add_argument("--render", type=Path, metavar="JSON", help="only rewrite JSON's .md from its rows")
     args = parser.parse_args()
+    if args.render:  # e.g. after changing the table layout, without rerunning the searches
+        record = json.loads(args.render.read_text())
+        text = markdown({**record["settings"], "folds": record["folds"]}, record["rows"], summarise(record["rows"]),
+                        record["label"]) + f"Total wall time {record['wall_s'] / 60:.1f} min.\n"
+        args.render.with_suffix(".md").write_text(text)
+        print(text)
+        return 0
     if args.smoke_test:
         args.seeds, args.trials, args.folds, args.max_epochs, args.grace = [0], 2, 2, 1, 1
         args.train_cases, args.test_cases, args.size = 6, 2, 32

@@ -121,8 +121,8 @@ def _log_to_parent(experiment: Experiment, metrics: dict[str, float], estimate: 
 
 def _summary(payload: dict[str, Any], objective: str, report) -> list[str]:
     estimate = payload["validation_estimate"]
-    spread = f" ±{estimate['std']:.4f}" if estimate.get("std") not in (None, "NaN") and \
-        isinstance(estimate.get("std"), float) and math.isfinite(estimate["std"]) else ""
+    std = estimate.get("std")  # NaN (one fold) or None (one split): no spread to show
+    spread = f" ±{std:.4f}" if isinstance(std, float) and math.isfinite(std) else ""
     lines = [f"locked test split ({payload['test_cases']} case(s), {payload['test_source']}), "
              f"{payload['model']}: test_dice {payload['test']['test_dice']:.4f}",
              *("  " + line for line in report.format().splitlines()),

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import mlflow
 import pytest
-import ray
 
 from hpsearch.data import make_splits, read_index, synthesize
 from hpsearch.data.splits import Splits, read_nnunet_splits
@@ -38,13 +37,6 @@ tracking: {{uri: sqlite:///mlflow.db}}
 storage: results
 """
 SPACE = "learning_rate: {type: loguniform, low: 1.0e-6, high: 1.0e-2}\n"
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

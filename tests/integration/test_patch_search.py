@@ -14,7 +14,6 @@ import mlflow
 import nibabel as nib
 import numpy as np
 import pytest
-import ray
 
 from hpsearch.dashboard.collect import collect_search
 from hpsearch.dashboard.overlays import best_trial_overlays
@@ -44,13 +43,6 @@ SPACE = """\
 learning_rate: {type: loguniform, low: 1.0e-3, high: 1.0e-2}
 augment.noise_p: {type: uniform, low: 0.0, high: 0.3}
 """
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ import mlflow
 import nibabel as nib
 import numpy as np
 import pytest
-import ray
 from helpers import hpsearch_process
 
 from hpsearch.errors import HpsearchError
@@ -41,13 +40,6 @@ SPACE = """\
 learning_rate: {type: loguniform, low: 1.0e-3, high: 1.0e-2}
 base_filters: {type: choice, values: [4, 8]}
 """
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
-    yield
-    ray.shutdown()
 
 
 def _write_job(folder: Path, data: Path, space: str = SPACE, sampler: str = "tpe", trials: int = 4, **extra):

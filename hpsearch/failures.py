@@ -19,12 +19,15 @@ Example:
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 OUT_OF_MEMORY = "out_of_memory"
 NAN = "nan"
 INVALID_CONFIG = "invalid_config"
 TRANSIENT = "transient"
 ERROR = "error"
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Tune colours its error files
 
 # Kinds that fail the same way on every retry: record them, do not retry.
 RECURRING = frozenset({OUT_OF_MEMORY, NAN, INVALID_CONFIG})
@@ -72,3 +75,21 @@ def failure_kind(exc: BaseException) -> str:
     :func:`classify_failure` of its type and message."""
     declared = getattr(exc, "failure_kind", None)
     return declared if isinstance(declared, str) else classify_failure(f"{type(exc).__name__}: {exc}")
+
+
+def trial_error_text(trial, limit: int = 500) -> str:
+    """The trial's last failure in Tune's error file: the exception line first, then the end
+    of the traceback (where the trainable raised), at most ``limit`` characters."""
+    try:  # the driver's copy is current; the storage copy (get_error) is synced later
+        text = Path(trial.error_file).read_text(errors="replace") if trial.error_file else trial.get_error()
+    except (OSError, AttributeError):  # no storage (a stub trial) or an unreadable file
+        text = None
+    block = _ANSI.sub("", str(text or "").rsplit("Failure # ", 1)[-1])  # "N (occurred at ...)\n..."
+    lines = [ln.rstrip() for ln in block.splitlines()[1:] if ln.strip(" ^~")]
+    last = max((i for i, ln in enumerate(lines) if not ln.startswith(" ")), default=None)
+    if last is None:
+        return "unknown error (no error file)"
+    body, room = "\n".join(lines[:last]), limit - len(lines[last]) - 1
+    if len(body) > room:  # keep whole lines from the end
+        body = body[-room:].split("\n", 1)[-1] if room > 0 else ""
+    return f"{lines[last]}\n{body}".strip()[:limit]

@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import ray
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -51,3 +52,11 @@ def spawn():
         yield start
     finally:
         kill_processes(tagged_processes(tag))
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray on 127.0.0.1 with 2 CPUs for one test module, shut down after it."""
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    yield
+    ray.shutdown()

@@ -30,7 +30,8 @@ class SearchConfig(_Section):
     mode: ``max`` for Dice and IoU, ``min`` for losses (the default follows the metric).
     seed: Seed of the sampler; the same seed proposes the same configurations.
     max_failures: Retries of a failed trial (from its last checkpoint) before it
-        is recorded as failed.
+        is recorded as failed. A lost node or process (a ``transient`` failure) does not use
+        one up, as long as there is at least one (:mod:`hpsearch.search.retries`).
     dashboard: Write the search's dashboard (``hpsearch dashboard``) when it ends.
     cross_validation: With ``dataset.folds`` (or ``dataset.splits``) of more than one fold:
         ``fidelity`` (folds added as ASHA promotes a trial: a trial is judged on fold 0

@@ -27,6 +27,7 @@ from hpsearch.outcome import Outcome, SearchStatus
 from hpsearch.search import results as results_mod
 from hpsearch.search.local_ray import init_ray
 from hpsearch.search.progress import SearchProgress
+from hpsearch.search.retries import NodeLossRetries
 from hpsearch.search.tuner import build_tuner, restore_tuner
 from hpsearch.selection import check_metric
 from hpsearch.space import load_space
@@ -130,7 +131,9 @@ def _callbacks(experiment: Experiment, job: Job, echo: Echo) -> list[tune.Callba
     state = experiment.state
     tracker = MLflowTracker(state.tracking_uri, experiment.runs.experiment_id, state.parent_run_id,
                             metric=experiment.objective, mode=job.search.mode, max_epochs=job.scheduler.max_epochs)
-    return [tracker, SearchProgress(job.search.num_trials, experiment.objective, job.search.mode, echo)]
+    # NodeLossRetries after the tracker: the tracker tags the attempt count before the refund.
+    return [tracker, SearchProgress(job.search.num_trials, experiment.objective, job.search.mode, echo),
+            NodeLossRetries()]
 
 
 def _finish(tuner: tune.Tuner, experiment: Experiment, echo: Echo) -> Path:

@@ -39,7 +39,7 @@ from mlflow.entities import Metric, RunTag
 from mlflow.exceptions import MlflowException
 from ray.tune import Callback
 
-from hpsearch.failures import classify_failure
+from hpsearch.failures import classify_failure, trial_error_text
 from hpsearch.outcome import ENDED, ERROR_KEY, FAILURE_KEY, Outcome, SearchStatus, decide_outcome
 from hpsearch.tracking.runs import (
     MAX_TAG_LENGTH,
@@ -63,7 +63,6 @@ NODE_KEY = "node_id"  # a trial's results name the Ray node that produced them
 # forever; others (refused connection, timeout, 5xx, a locked database) are an outage: retried.
 _PERMANENT = frozenset({"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS",
                         "RESOURCE_DOES_NOT_EXIST", "INVALID_STATE", "BAD_REQUEST"})
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 _PER_FOLD_KEY = re.compile(r"^fold\d+/")
@@ -185,11 +184,11 @@ class MLflowTracker(Callback):
     def on_trial_recover(self, iteration, trials, trial, **info):
         # A failed attempt that Tune retries (FailureConfig.max_failures): not failed yet.
         self._push(trial, _Op(trial.trial_id, "tags", tags={
-            "hpsearch.retries": str(trial.num_failures), "hpsearch.retry_error": _error_text(trial)}))
+            "hpsearch.retries": str(trial.num_failures), "hpsearch.retry_error": trial_error_text(trial)}))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         # Called only once Tune gives up on the trial (TuneController._process_trial_failure).
-        error = _error_text(trial)
+        error = trial_error_text(trial)
         self._end(trial, {STATUS_TAG: Outcome.FAILED.value, "hpsearch.error": error,
                           "hpsearch.failure": classify_failure(error),
                           "hpsearch.retries": str(max(trial.num_failures - 1, 0))}, "FAILED")
@@ -364,21 +363,3 @@ class MLflowTracker(Callback):
         except Exception as exc:  # resilience boundary: never raise into Ray's loop
             _LOG.warning("MLflow update of parent run %s failed: %s", self.parent_run_id, exc)
             return False
-
-
-def _error_text(trial, limit: int = 500) -> str:
-    """The trial's last failure in Tune's error file: the exception line first, then the end
-    of the traceback (where the trainable raised), at most ``limit`` characters."""
-    try:  # the driver's copy is current; the storage copy (get_error) is synced later
-        text = Path(trial.error_file).read_text(errors="replace") if trial.error_file else trial.get_error()
-    except (OSError, AttributeError):  # no storage (a stub trial) or an unreadable file
-        text = None
-    block = _ANSI.sub("", str(text or "").rsplit("Failure # ", 1)[-1])  # "N (occurred at ...)\n..."
-    lines = [ln.rstrip() for ln in block.splitlines()[1:] if ln.strip(" ^~")]
-    last = max((i for i, ln in enumerate(lines) if not ln.startswith(" ")), default=None)
-    if last is None:
-        return "unknown error (no error file)"
-    body, room = "\n".join(lines[:last]), limit - len(lines[last]) - 1
-    if len(body) > room:  # keep whole lines from the end
-        body = body[-room:].split("\n", 1)[-1] if room > 0 else ""
-    return f"{lines[last]}\n{body}".strip()[:limit]

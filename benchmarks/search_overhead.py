@@ -9,10 +9,17 @@ Side by side, in one run, on the same machine state:
   with everything on: Ray, Optuna, per-epoch checkpoints, MLflow logging.
 
 Reported: total wall time of each, the overhead per trial, and the time from the command
-to the first finished epoch. Run from the repository root:
+to the first finished epoch.
+
+``--throughput`` measures instead what a second concurrent trial adds: the same trials
+with 1 CPU each, one at a time and then two at a time, in epochs per second while trials
+train (first result to last, so Ray's start is not counted). Two trials share the
+object store's copy of the data, so the ratio should approach 2 on a 2-core machine.
+Run from the repository root:
 
     .venv/bin/python benchmarks/search_overhead.py                 # ~30 s trials
     .venv/bin/python benchmarks/search_overhead.py --smoke-test    # seconds
+    .venv/bin/python benchmarks/search_overhead.py --throughput --trials 4
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ model: unet
 params: {{epochs: {epochs}, depth: {depth}, base_filters: 16, batch_size: 8, learning_rate: 1.0e-3}}
 runtime: {{intra_op_threads: {cpus}, inter_op_threads: 1}}
 search_space: space.yaml
-search: {{sampler: random, num_trials: {trials}, max_concurrent: 1, seed: 0, max_failures: 0}}
+search: {{sampler: random, num_trials: {trials}, max_concurrent: {concurrent}, seed: 0, max_failures: 0}}
 scheduler: {{type: none, max_epochs: {epochs}}}
 resources: {{cpus_per_trial: {cpus}}}
 tracking: {{uri: sqlite:///mlflow.db}}
@@ -63,11 +70,29 @@ def timed(command: list[str], cwd: Path, marker: str, epochs: list[float] | None
     return time.perf_counter() - started, first
 
 
+def search_throughput(work: Path, trials: int, epochs: int, size: int, depth: int, cases: int) -> None:
+    """Epochs per second with 1 and with 2 concurrent 1-CPU trials, side by side."""
+    rates = {}
+    for concurrent in (1, 2):
+        (work / "job.yaml").write_text(JOB.format(data=work / "data", cases=cases, size=size, epochs=epochs, depth=depth,
+                                                  cpus=1, trials=trials, concurrent=concurrent))
+        before = set((work / "results").glob("overhead-*")) if (work / "results").exists() else set()
+        timed([str(HPSEARCH), "run", "job.yaml"], work, "best:")
+        experiment = next(iter(set((work / "results").glob("overhead-*")) - before))
+        rows = [json.loads(line) for trial in experiment.glob("trial_*")
+                for line in (trial / "result.json").read_text().splitlines()]
+        start = min(row["timestamp"] - row["time_this_iter_s"] for row in rows)
+        rates[concurrent] = len(rows) / (max(row["timestamp"] for row in rows) - start)
+        print(f"{concurrent} trial(s) at a time, 1 CPU each: {len(rows)} epochs, {rates[concurrent]:.3f} epochs/s")
+    print(f"throughput, 2 concurrent vs 1: {rates[2] / rates[1]:.2f}x (target >= 1.9x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--cpus", type=int, default=2)
+    parser.add_argument("--throughput", action="store_true", help="1 vs 2 concurrent 1-CPU trials")
     parser.add_argument("--smoke-test", action="store_true")
     args = parser.parse_args()
     size, depth, cases = (96, 4, 24) if not args.smoke_test else (32, 2, 6)
@@ -77,10 +102,13 @@ def main() -> None:
     (work / "space.yaml").write_text("learning_rate: {type: choice, values: [1.0e-3]}\n")
     (work / "job.yaml").write_text(
         JOB.format(data=work / "data", cases=cases, size=size, epochs=epochs, depth=depth,
-                   cpus=args.cpus, trials=args.trials)
+                   cpus=args.cpus, trials=args.trials, concurrent=1)
     )
     # Warm-up: generate the data and fill the preprocessing cache, so neither side pays it.
     timed([str(HPSEARCH), "train", "job.yaml", "--set", "epochs=1"], work, "epoch")
+    if args.throughput:
+        search_throughput(work, max(args.trials, 2), epochs, size, depth, cases)
+        return
 
     bare_total, bare_first, bare_epochs = 0.0, [], []
     for _ in range(args.trials):

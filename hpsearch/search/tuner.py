@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -107,26 +108,36 @@ class FoldASHAScheduler(ASHAScheduler):
         return TrialScheduler.CONTINUE
 
 
-class StoppedAsPrunedSearch(OptunaSearch):
-    """Ray's ``OptunaSearch`` telling Optuna that a trial the scheduler stopped was *pruned*.
+class OutcomeOptunaSearch(OptunaSearch):
+    """Ray's ``OptunaSearch`` telling Optuna how a trial ended, not only its last value.
 
-    Ray reports every epoch to the Optuna trial already (``trial.report``); on completion it
-    tells the last value as if the trial had finished. Told as pruned instead, TPE ranks a
-    stopped trial by how far it got and then by its intermediate values, below every trial
-    that finished (``search.stopped_trials: pruned``). A trial stopped early is one whose
-    last result has fewer epochs than its ``epoch_cap`` and no failure.
+    * A failed trial (its last result carries ``hpsearch_failure`` and a NaN metric) is told
+      ``FAIL``. Ray tells the NaN, Optuna refuses it, Ray logs a warning and the Optuna trial
+      stays ``RUNNING`` for good (Ray 2.60, Optuna 5.1).
+    * With ``prune_stopped`` (``search.stopped_trials: pruned``), a trial the scheduler stopped
+      is told ``PRUNED``: Ray reports every epoch to the Optuna trial already
+      (``trial.report``), so TPE ranks a stopped trial by how far it got and then by its
+      intermediate values, below every trial that finished, instead of taking its last
+      early value as final. Stopped early: fewer epochs than its ``epoch_cap``, no failure.
     """
 
+    def __init__(self, *args, prune_stopped: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._prune_stopped = prune_stopped
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-        stopped = (not error and bool(result) and trial_id not in self._completed_trials
-                   and FAILURE_KEY not in result and trial_id in self._ot_trials
-                   and result.get("training_iteration", 0) < result.get("epoch_cap", 0))
-        if not stopped:
+        if error or not result or trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return super().on_trial_complete(trial_id, result, error)
+        if FAILURE_KEY in result:
+            state = optuna.trial.TrialState.FAIL
+        elif self._prune_stopped and result.get("training_iteration", 0) < result.get("epoch_cap", 0):
+            state = optuna.trial.TrialState.PRUNED
+        else:
             return super().on_trial_complete(trial_id, result, error)
         try:
-            self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
+            self._ot_study.tell(self._ot_trials[trial_id], state=state)
         except Exception as exc:  # as Ray does: a refused tell must not end the search
-            _LOG.warning("Optuna refused pruned trial %s: %s", trial_id, exc)
+            _LOG.warning("Optuna refused %s for trial %s: %s", state.name, trial_id, exc)
         self._completed_trials.add(trial_id)
 
 
@@ -166,9 +177,7 @@ def build_tuner(
         tune_config=tune.TuneConfig(
             metric=objective,
             mode=search.mode,
-            # The limiter (not max_concurrent_trials) also caps how many proposals
-            # Optuna makes ahead of results, so TPE learns from finished trials.
-            search_alg=ConcurrencyLimiter(_searcher(job, space, objective), max_concurrent=search.max_concurrent),
+            search_alg=_limited(_searcher(job, space, objective), job),
             scheduler=_scheduler(job, folds),
             num_samples=search.num_trials,
             reuse_actors=True,
@@ -208,9 +217,27 @@ def _searcher(job, space: dict[str, Any], objective: str) -> Searcher:
                                 "not installed; run pip install 'hpsearch[bench]' or choose asha") from None
         return TuneBOHB(space=TuneBOHB.convert_search_space(_tune_domains(space)), metric=objective,
                         mode=search.mode, seed=search.seed)
-    kind = StoppedAsPrunedSearch if search.stopped_trials == "pruned" else OptunaSearch
-    return kind(space=to_optuna(space), metric=objective, mode=search.mode,
-                sampler=make_sampler(search.sampler, search.seed, search.num_trials, search.startup_trials))
+    return OutcomeOptunaSearch(space=to_optuna(space), metric=objective, mode=search.mode,
+                               sampler=make_sampler(search.sampler, search.seed, search.num_trials,
+                                                    search.startup_trials),
+                               prune_stopped=search.stopped_trials == "pruned")
+
+
+def _limited(searcher: Searcher, job) -> Searcher:
+    """The searcher, proposing at most ``search.max_concurrent`` trials ahead of their results.
+
+    The limiter (not max_concurrent_trials) also caps how many proposals Optuna makes ahead
+    of results, so TPE learns from finished trials. Not for Hyperband and BOHB: a trial they
+    pause counts as live to the limiter, so a bracket never fills and nothing is ever paused
+    or stopped (seen with Ray 2.60: every trial ran to its cap). Their brackets are proposed
+    together, and how many run at once is what Ray's CPUs allow (``resources.cpus_per_trial``):
+    Tune creates only one trial ahead of a searcher unless ``TUNE_MAX_PENDING_TRIALS_PG``
+    says more, so it is set to the search's trials (unless the user set it).
+    """
+    if job.scheduler.type in ("hyperband", "bohb"):
+        os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(job.search.num_trials))
+        return searcher
+    return ConcurrencyLimiter(searcher, max_concurrent=job.search.max_concurrent)
 
 
 def _scheduler(job, folds: int) -> TrialScheduler:

@@ -161,9 +161,9 @@ def _plot(report: dict, path: Path) -> None:
     for ax, table in zip(axes[0], tables):
         ran = {n: r for n, r in table["strategies"].items() if "skipped" not in r}
         horizon = max(max(s["total_epochs"] for s in r["searches"]) for r in ran.values())
-        for name, r in ran.items():
+        for i, (name, r) in enumerate(ran.items()):
             ax.plot(np.arange(1, horizon + 1), regret_curve(r["searches"], table["best"], horizon), label=name,
-                    lw=2.5 if name in (REFERENCE, "TPE + ASHA (default)") else 1.2)
+                    lw=2.5 if name in (REFERENCE, "TPE + ASHA (default)") else 1.2, ls="-" if i < 10 else "--")
         ax.axhline((1 - TARGET) * table["best"], color="grey", ls=":", lw=1)
         ax.set(xscale="log", yscale="log", xlabel="compute (epochs, all trials)", ylabel="median regret (val Dice)",
                title=f"{table['name']} ({report['seeds']} seeds)")

@@ -37,6 +37,11 @@ class SearchConfig(_Section):
         ``fidelity`` (folds added as ASHA promotes a trial: a trial is judged on fold 0
         first, then on the mean over more folds), ``mean`` (every trial trains every fold;
         no early stopping) or ``off`` (the search uses fold 0 only). Without folds, unused.
+    startup_trials: TPE's random proposals before it models the results (default: a
+        quarter of ``num_trials``, 2 to 10).
+    stopped_trials: What the sampler is told of a trial the scheduler stopped early:
+        ``complete`` (its last value, as if it had finished) or ``pruned`` (Optuna's
+        pruned state: TPE ranks it by how far it got, then by its intermediate values).
     """
 
     sampler: Literal["tpe", "random", "cmaes", "qmc", "gp"] = "tpe"
@@ -48,6 +53,8 @@ class SearchConfig(_Section):
     max_failures: int = Field(1, ge=0, le=100)
     dashboard: bool = True
     cross_validation: Literal["fidelity", "mean", "off"] = "fidelity"
+    startup_trials: int | None = Field(None, ge=1, le=100_000)
+    stopped_trials: Literal["complete", "pruned"] = "complete"
 
     @model_validator(mode="after")
     def _mode_follows_metric(self):
@@ -62,13 +69,17 @@ class SearchConfig(_Section):
 
 class SchedulerConfig(_Section):
     """Attributes:
-    type: ``asha`` (stop weak trials at rungs) or ``none``.
+    type: ``asha`` (stop weak trials at rungs), ``hyperband`` (synchronous brackets that
+        pause trials at each rung: Ray's ``HyperBandScheduler``), ``bohb`` (Hyperband with
+        BOHB's own model proposing instead of ``search.sampler``; needs
+        ``pip install 'hpsearch[bench]'``) or ``none``. Hyperband and BOHB take no
+        ``grace_period``: their brackets follow ``max_epochs`` and ``reduction_factor``.
     max_epochs: Epoch cap of any trial (ASHA's ``max_t``).
     grace_period: Epochs every trial runs before it can be stopped.
     reduction_factor: ASHA keeps ``1/reduction_factor`` of the trials at each rung.
     """
 
-    type: Literal["asha", "none"] = "asha"
+    type: Literal["asha", "hyperband", "bohb", "none"] = "asha"
     max_epochs: int = Field(20, ge=1, le=100_000)
     grace_period: int = Field(2, ge=1)
     reduction_factor: float = Field(3.0, gt=1.0, le=100.0)

@@ -37,6 +37,13 @@ class SearchConfig(_Section):
         ``fidelity`` (folds added as ASHA promotes a trial: a trial is judged on fold 0
         first, then on the mean over more folds), ``mean`` (every trial trains every fold;
         no early stopping) or ``off`` (the search uses fold 0 only). Without folds, unused.
+    warm_start: Earlier searches whose ended trials (their values and per-epoch curves, the
+        failed ones as failed) seed the sampler before the first proposal: experiment folders
+        (relative to the working directory), or ``runs:/<parent run id>`` in this job's
+        tracking store. They must rank by the same metric and mode; a different dataset
+        content or search space is refused unless ``warm_start_force``.
+    warm_start_force: Warm-start although the dataset's content or the search space
+        differs; trials outside this search's space are skipped (and counted).
     """
 
     sampler: Literal["tpe", "random", "cmaes", "qmc", "gp"] = "tpe"
@@ -48,6 +55,8 @@ class SearchConfig(_Section):
     max_failures: int = Field(1, ge=0, le=100)
     dashboard: bool = True
     cross_validation: Literal["fidelity", "mean", "off"] = "fidelity"
+    warm_start: list[str] = Field(default_factory=list, max_length=100)
+    warm_start_force: bool = False
 
     @model_validator(mode="after")
     def _mode_follows_metric(self):

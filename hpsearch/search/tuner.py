@@ -107,8 +107,13 @@ def build_tuner(
     name: str,
     storage: str,
     callbacks: list[tune.Callback],
+    study: dict[str, Any] | None = None,
 ) -> tune.Tuner:
     """A Tuner for a validated job, its search space and its prepared data (one per fold).
+
+    ``study`` (``storage`` and ``study_name``) is where ``OptunaSearch`` keeps its Optuna
+    study (:mod:`hpsearch.search.study`): it loads a study that exists, with every trial it
+    holds, and reports each epoch's value to it; without one the study lives in memory.
 
     With several folds the search ranks by ``cv_<metric>`` and, for
     ``cross_validation: fidelity``, ASHA counts the fold-aware ``budget`` clock of
@@ -123,6 +128,7 @@ def build_tuner(
         metric=objective,
         mode=search.mode,
         sampler=make_sampler(search.sampler, search.seed, search.num_trials),
+        **(study or {}),
     )
     if scheduler_cfg.type == "asha" and folds == 1:
         scheduler = ASHAScheduler(

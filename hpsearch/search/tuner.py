@@ -24,6 +24,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from hpsearch.data.preprocess import PreparedData
 from hpsearch.errors import HpsearchError
+from hpsearch.outcome import FAILURE_KEY
 from hpsearch.search.folds import fold_rungs, objective_name
 from hpsearch.search.trainable import SegmentationTrainable
 from hpsearch.space import to_optuna
@@ -52,6 +53,30 @@ def make_sampler(name: str, seed: int, num_trials: int) -> optuna.samplers.BaseS
             )
         return optuna.samplers.GPSampler(seed=seed)
     raise HpsearchError(f"search.sampler: unknown sampler '{name}'")
+
+
+class StudySearch(OptunaSearch):
+    """Ray's ``OptunaSearch``, with the study holding what hpsearch records of each trial.
+
+    Ray passes a trial's last result (its end, or ASHA's stop) to ``on_trial_complete`` only,
+    so the study's curves would lack their last epoch (optuna-dashboard, warm starts): it is
+    reported here first. A trial that ended with a failure (:data:`~hpsearch.outcome.FAILURE_KEY`)
+    or a non-finite value is told FAIL: Ray would tell its NaN, which Optuna refuses, and the
+    trial would stay RUNNING in the study for good.
+    """
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        trial = self._ot_trials.get(trial_id)
+        if not result or trial is None or trial_id in self._completed_trials or isinstance(self.metric, list):
+            return super().on_trial_complete(trial_id, result, error)
+        value, step = result.get(self.metric), result.get("training_iteration")
+        finite = isinstance(value, (int, float)) and math.isfinite(value)
+        if finite and isinstance(step, int):
+            trial.report(value, step)
+        if finite and not result.get(FAILURE_KEY):
+            return super().on_trial_complete(trial_id, result, error)
+        self._ot_study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        self._completed_trials.add(trial_id)
 
 
 class FoldASHAScheduler(ASHAScheduler):
@@ -123,7 +148,7 @@ def build_tuner(
     search, scheduler_cfg = job.search, job.scheduler
     folds = len(data)
     objective = objective_name(search.metric, folds)
-    searcher = OptunaSearch(
+    searcher = StudySearch(
         space=to_optuna(space),
         metric=objective,
         mode=search.mode,

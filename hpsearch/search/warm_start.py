@@ -125,8 +125,8 @@ def prepare(sources: list[Path], *, space: dict[str, BaseDistribution], objectiv
         HpsearchError: Not an experiment folder, another objective, another dataset content
             or space (unless ``force``), or nothing recorded to take trials from.
     """
-    warm, seen = WarmStart(sources=list(sources)), set()
-    for folder in sources:
+    warm, seen = WarmStart(sources=list(dict.fromkeys(sources))), set()
+    for folder in warm.sources:
         try:
             experiment = Experiment.open(folder)
         except HpsearchError as exc:

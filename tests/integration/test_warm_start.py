@@ -219,3 +219,12 @@ def test_extend_keeps_the_parent_run_and_adds_exactly_n_trials(local_ray, lv_sma
     assert len(new) == 2 and all(
         Path(t["checkpoint"]).is_relative_to(experiment / "extend-1") for t in results["trials"]
         if t["trial_id"] in new)
+
+    # Interrupted, an extended search is resumed in its latest Ray Tune run, and still ranks every trial.
+    Experiment.open(experiment).set_status(SearchStatus.INTERRUPTED)
+    assert main(["run", "--extend", str(experiment), "--trials", "1"]) == 2
+    assert f"finish it with `hpsearch resume {experiment}`" in capsys.readouterr().err
+    assert main(["resume", str(experiment)]) == 0
+    resumed = json.loads((experiment / "results.json").read_text())
+    assert sorted(t["trial_id"] for t in resumed["trials"]) == sorted(t["trial_id"] for t in results["trials"])
+    assert len(_parent_and_children(experiment)[1]) == 4

@@ -76,9 +76,9 @@ def run_search(job_path: Path, overrides=(), *, address: str | None = None, echo
     if job.search.warm_start:  # checked before anything is written: a refusal leaves no trace
         where = f"{job_path}: search.warm_start"
         sources = warm_start.resolve_sources(job.search.warm_start, job.tracking.uri, where)
-        warm = warm_start.prepare(sources, space=to_optuna(space), objective=objective_name(job.search.metric, len(folds)),
-                                  mode=job.search.mode, digest=data.info["digest"], force=job.search.warm_start_force,
-                                  where=where)
+        warm = warm_start.prepare(sources, space=to_optuna(space), mode=job.search.mode,
+                                  objective=objective_name(job.search.metric, len(folds)),
+                                  digest=data.info["digest"], force=job.search.warm_start_force, where=where)
         job = job.model_copy(update={"search": job.search.model_copy(update={"warm_start": list(map(str, sources))})})
     init_ray(address)
     job.storage.check_for_cluster(_alive_nodes())

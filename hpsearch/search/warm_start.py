@@ -11,11 +11,11 @@ earlier search must rank by the same objective (metric, mode, folds); its datase
 trials outside the new space are skipped and counted.
 
 Example:
-    >>> sources = resolve_sources(["results/demo-lv-20261202-101500"], "sqlite:///mlflow.db", "job.yaml")  # doctest: +SKIP
+    >>> sources = resolve_sources(["results/lv-20261202-101500"], "sqlite:///mlflow.db", "job.yaml")  # doctest: +SKIP
     >>> warm = prepare(sources, space=to_optuna(space), objective="val_dice", mode="max",  # doctest: +SKIP
     ...                digest=data.info["digest"], force=False, where="job.yaml: search.warm_start")
     >>> warm.lines()                                                                       # doctest: +SKIP
-    ['warm start: 16 trial(s) from demo-lv-20261202-101500']
+    ['warm start: 16 trial(s) from lv-20261202-101500: 16 trial(s)']
 """
 
 from __future__ import annotations

@@ -179,7 +179,8 @@ def test_forced_warm_start_skips_the_trials_outside_the_new_space(earlier):
     assert (warm.taken, warm.skipped) == ({earlier.name: 2}, {earlier.name: 1})
     assert sorted(t.params["learning_rate"] for t in warm.trials) == rates[1:]
     assert all(t.distributions == space for t in warm.trials)
-    assert warm.summary() == f"{earlier.name}: 2 trial(s) (1 outside this search's space skipped; space differ(s), forced)"
+    assert warm.summary() == (f"{earlier.name}: 2 trial(s) (1 outside this search's space skipped; "
+                              "space differ(s), forced)")
 
 
 def test_extend_keeps_the_parent_run_and_adds_exactly_n_trials(local_ray, lv_small, tmp_path, capsys):
@@ -228,3 +229,15 @@ def test_extend_keeps_the_parent_run_and_adds_exactly_n_trials(local_ray, lv_sma
     resumed = json.loads((experiment / "results.json").read_text())
     assert sorted(t["trial_id"] for t in resumed["trials"]) == sorted(t["trial_id"] for t in results["trials"])
     assert len(_parent_and_children(experiment)[1]) == 4
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["run"], "run: give a job file (or --extend EXPERIMENT --trials N)"),
+    (["run", "job.yaml", "--trials", "3"], "run --trials: only with --extend"),
+    (["run", "--extend", "results/x"], "run --extend results/x: say how many trials to add with --trials N"),
+    (["run", "job.yaml", "--extend", "results/x", "--trials", "1"], "no job file or --set"),
+])
+def test_run_arguments_are_refused_in_one_line(argv, expected, capsys):
+    assert main(argv) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 1 and expected in errors[0], errors

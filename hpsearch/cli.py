@@ -55,10 +55,14 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, help="save the final training state into this folder")
     train.set_defaults(func=_cmd_train)
 
-    run = commands.add_parser("run", help="run the hyperparameter search a job describes")
-    run.add_argument("job", type=Path, help="job YAML file with a search_space")
+    run = commands.add_parser("run", help="run the hyperparameter search a job describes (or extend a finished one)")
+    run.add_argument("job", type=Path, nargs="?", help="job YAML file with a search_space")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override any key, e.g. search.num_trials=4; repeatable")
+    run.add_argument("--extend", type=Path, metavar="EXPERIMENT",
+                     help="add --trials more trials to this finished search (same experiment folder, "
+                     "MLflow parent run and Optuna study) instead of starting a new one")
+    run.add_argument("--trials", type=int, metavar="N", help="with --extend: how many trials to add")
     run.add_argument("--address", help="Ray cluster to attach to (default: $RAY_ADDRESS, else a local Ray)")
     run.set_defaults(func=_cmd_run)
 
@@ -182,6 +186,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from hpsearch.runtime import quiet_tensorflow
 
     quiet_tensorflow()
+    if args.extend is not None:
+        if args.job is not None or args.overrides:
+            raise HpsearchError(f"run --extend {args.extend}: no job file or --set; the search runs as it was recorded")
+        if args.trials is None:
+            raise HpsearchError(f"run --extend {args.extend}: say how many trials to add with --trials N")
+        from hpsearch.search.driver import extend_search
+
+        extend_search(args.extend, args.trials, address=args.address, echo=_echo)
+        return 0
+    if args.job is None:
+        raise HpsearchError("run: give a job file (or --extend EXPERIMENT --trials N)")
+    if args.trials is not None:
+        raise HpsearchError("run --trials: only with --extend; a job's trial count is search.num_trials "
+                            "(--set search.num_trials=N)")
     from hpsearch.search.driver import run_search
 
     run_search(args.job, args.overrides, address=args.address, echo=_echo)

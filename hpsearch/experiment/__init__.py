@@ -6,14 +6,16 @@ Example:
     <SearchStatus.FINISHED: 'finished'>
 """
 
-from hpsearch.experiment.experiment import RESULTS_FILE, Experiment, base_name
-from hpsearch.experiment.state import STATE_FILE, DataChange, SearchState, read_state, write_state
+from hpsearch.experiment.experiment import RESULTS_FILE, STUDY_FILE, Experiment, base_name
+from hpsearch.experiment.state import STATE_FILE, DataChange, Extension, SearchState, read_state, write_state
 
 __all__ = [
     "DataChange",
     "Experiment",
+    "Extension",
     "RESULTS_FILE",
     "STATE_FILE",
+    "STUDY_FILE",
     "SearchState",
     "base_name",
     "read_state",

@@ -30,6 +30,23 @@ class DataChange(BaseModel):
     files: list[str]
 
 
+class Extension(BaseModel):
+    """A run of more trials added to a finished search (``hpsearch run --extend``).
+
+    Attributes:
+        name: Ray Tune's run folder inside the experiment folder (``extend-1``, ...).
+        trials: Trials it adds.
+        seed: Its sampler's seed (the search's seed + its number: a random sampler with the
+            search's own seed would propose the first trials' configurations again).
+        at: When it started (ISO 8601, UTC).
+    """
+
+    name: str
+    trials: int
+    seed: int
+    at: str
+
+
 class SearchState(BaseModel):
     """The experiment folder's record of one search.
 
@@ -44,6 +61,7 @@ class SearchState(BaseModel):
         status: ``running``, ``interrupted`` or ``finished``.
         created: When the search started (ISO 8601, UTC).
         data_changes: Dataset changes accepted on resume, oldest first.
+        extensions: Runs of more trials added after it finished, oldest first.
     """
 
     model_config = ConfigDict(extra="ignore")  # a newer hpsearch may add keys
@@ -60,6 +78,7 @@ class SearchState(BaseModel):
     status: SearchStatus = SearchStatus.RUNNING
     created: str = ""
     data_changes: list[DataChange] = Field(default_factory=list)
+    extensions: list[Extension] = Field(default_factory=list)
 
 
 def read_state(folder: Path) -> SearchState:

@@ -42,6 +42,13 @@ class SearchConfig(_Section):
     stopped_trials: What the sampler is told of a trial the scheduler stopped early:
         ``complete`` (its last value, as if it had finished) or ``pruned`` (Optuna's
         pruned state: TPE ranks it by how far it got, then by its intermediate values).
+    warm_start: Earlier searches whose ended trials (their values and per-epoch curves, the
+        failed ones as failed) seed the sampler before the first proposal: experiment folders
+        (relative to the working directory), or ``runs:/<parent run id>`` in this job's
+        tracking store. They must rank by the same metric and mode; a different dataset
+        content or search space is refused unless ``warm_start_force``.
+    warm_start_force: Warm-start although the dataset's content or the search space
+        differs; trials outside this search's space are skipped (and counted).
     """
 
     sampler: Literal["tpe", "random", "cmaes", "qmc", "gp"] = "tpe"
@@ -55,6 +62,8 @@ class SearchConfig(_Section):
     cross_validation: Literal["fidelity", "mean", "off"] = "fidelity"
     startup_trials: int | None = Field(None, ge=1, le=100_000)
     stopped_trials: Literal["complete", "pruned"] = "complete"
+    warm_start: list[str] = Field(default_factory=list, max_length=100)
+    warm_start_force: bool = False
 
     @model_validator(mode="after")
     def _mode_follows_metric(self):

@@ -1,4 +1,5 @@
-"""``hpsearch run`` and ``hpsearch resume``: the search from job file to results table.
+"""``hpsearch run``, ``hpsearch run --extend`` and ``hpsearch resume``: the search from job
+file to results table.
 
 Order matters: every file is validated, the MLflow store is reached, and the data is
 prepared before Ray starts, so a typo costs a second, not a cluster start. The search's
@@ -22,15 +23,16 @@ from hpsearch.data import split_dataset
 from hpsearch.data.cache import cached_file_digests, digest_of_files
 from hpsearch.data.guard import real_path, refuse_inside
 from hpsearch.errors import HpsearchError, SearchInterrupted
-from hpsearch.experiment import Experiment, SearchState, base_name
+from hpsearch.experiment import RESULTS_FILE, Experiment, SearchState, base_name
 from hpsearch.outcome import Outcome, SearchStatus
 from hpsearch.search import results as results_mod
 from hpsearch.search.local_ray import init_ray
 from hpsearch.search.progress import SearchProgress
 from hpsearch.search.retries import NodeLossRetries
+from hpsearch.search.folds import objective_name
 from hpsearch.search.tuner import build_tuner, restore_tuner
 from hpsearch.selection import check_metric
-from hpsearch.space import load_space
+from hpsearch.space import load_space, to_optuna
 from hpsearch.spec import Job, load_job
 from hpsearch.tracking.store import ensure_reachable, local_store_path, resolve_uri
 
@@ -39,7 +41,9 @@ Echo = Callable[[str], None]
 
 def run_search(job_path: Path, overrides=(), *, address: str | None = None, echo: Echo = print) -> Path:
     """Run the search a job file describes; return the experiment folder."""
-    from hpsearch.tracking.runs import start_search_run
+    from hpsearch.search import warm_start
+    from hpsearch.search.study import create_study
+    from hpsearch.tracking.runs import EXPERIMENT_DIR_TAG, start_search_run
 
     job = load_job(job_path, overrides)
     name = base_name(job.name)  # when the user started it, whatever the set-up costs
@@ -68,6 +72,14 @@ def run_search(job_path: Path, overrides=(), *, address: str | None = None, echo
     files = _search_files(job)
     echo(f"data: {data.summary()} ({'cache' if from_cache else 'preprocessed'})")
     echo(_splits_line(job, data.info["splits"], len(folds)))
+    warm = None
+    if job.search.warm_start:  # checked before anything is written: a refusal leaves no trace
+        where = f"{job_path}: search.warm_start"
+        sources = warm_start.resolve_sources(job.search.warm_start, job.tracking.uri, where)
+        warm = warm_start.prepare(sources, space=to_optuna(space), mode=job.search.mode,
+                                  objective=objective_name(job.search.metric, len(folds)),
+                                  digest=data.info["digest"], force=job.search.warm_start_force, where=where)
+        job = job.model_copy(update={"search": job.search.model_copy(update={"warm_start": list(map(str, sources))})})
     init_ray(address)
     job.storage.check_for_cluster(_alive_nodes())
 
@@ -77,8 +89,8 @@ def run_search(job_path: Path, overrides=(), *, address: str | None = None, echo
         parent_run_id = start_search_run(
             job.tracking.uri, job.tracking.experiment or job.name, run_name=folder.name,
             params=_search_params(job, data.info), artifacts=copies, dataset_fingerprint=data.info.get("fingerprint"),
-            tags={"hpsearch.job": str(job_path), "hpsearch.experiment_dir": str(folder),
-                  "mlflow.source.git.commit": _code_version()})
+            tags={"hpsearch.job": str(job_path), EXPERIMENT_DIR_TAG: str(folder),
+                  "mlflow.source.git.commit": _code_version(), **(warm.tags() if warm else {})})
         experiment = Experiment.create(folder, SearchState(
             job=job.model_dump(mode="json"), tracking_uri=job.tracking.uri, parent_run_id=parent_run_id,
             dataset_digest=data.info["digest"], dataset_files=files, data_info=data.info), copies)
@@ -90,9 +102,60 @@ def run_search(job_path: Path, overrides=(), *, address: str | None = None, echo
     echo(f"search: {experiment.name}: {job.search.num_trials} trials, {job.search.max_concurrent} at a time, "
          f"sampler {job.search.sampler}, scheduler {job.scheduler.type}")
     echo(f"experiment folder: {experiment.path}")
+    for line in warm.lines() if warm else ():
+        echo(line)
     _write_splits(experiment, data.info["splits"])
+    create_study(experiment, job.search.mode, warm.trials if warm else ())
     tuner = build_tuner(job, space, folds, name=experiment.name, storage=str(storage),
-                        callbacks=_callbacks(experiment, job, echo))
+                        callbacks=_callbacks(experiment, job, echo), study=_study(experiment))
+    return _finish(tuner, experiment, echo)
+
+
+def extend_search(experiment_dir: Path, trials: int, *, address: str | None = None, echo: Echo = print) -> Path:
+    """Add ``trials`` trials to a finished search: same experiment folder, MLflow parent run
+    and Optuna study (the sampler sees every earlier trial); its ranking then covers all.
+
+    They run as a Ray Tune run of their own (``Tuner.restore`` cannot add samples) in a
+    sub-folder of the experiment (:meth:`Experiment.add_extension`), with the sampler seeded
+    anew (a random sampler would otherwise repeat the first trials' configurations).
+
+    Raises:
+        HpsearchError: ``trials`` < 1, not an experiment folder, a search that is still
+            running or was interrupted, or a dataset that changed since it ran.
+    """
+    from hpsearch.search.study import create_study, finished_trials
+
+    if trials < 1:
+        raise HpsearchError(f"--trials {trials}: must be at least 1")
+    experiment = Experiment.open(experiment_dir)
+    if experiment.status is SearchStatus.RUNNING:
+        raise HpsearchError(f"{experiment.path}: the search is still running (or its driver was killed: then "
+                            f"`hpsearch resume {experiment.path}` first); extend it once it has finished")
+    if experiment.status is SearchStatus.INTERRUPTED:
+        raise HpsearchError(f"{experiment.path}: the search was interrupted; finish it with "
+                            f"`hpsearch resume {experiment.path}`, then extend it")
+    job = experiment.job
+    ensure_reachable(experiment.state.tracking_uri, f"{experiment.path.name}: tracking_uri")
+    folds = _recorded_data(experiment, accept_data_change=False, echo=echo)
+    space = load_space(experiment.space_file(), job.family)
+    init_ray(address)
+    job.storage.check_for_cluster(_alive_nodes())
+    if not experiment.study_file.is_file():  # recorded before studies were kept: rebuilt from results.json
+        create_study(experiment, job.search.mode, finished_trials(experiment, to_optuna(space)) or ())
+    extension = experiment.add_extension(trials)
+    more = job.model_copy(update={"search": job.search.model_copy(update={"num_trials": trials,
+                                                                         "seed": extension.seed})})
+    try:
+        experiment.runs.reopen_parent()
+        experiment.runs.set_parent_tags({"hpsearch.extensions": ", ".join(
+            f"{e.name}: +{e.trials} trial(s) at {e.at}" for e in experiment.state.extensions)})
+        tuner = build_tuner(more, space, folds, name=extension.name, storage=str(experiment.path),
+                            callbacks=_callbacks(experiment, more, echo), study=_study(experiment))
+    except BaseException:
+        experiment.state.extensions.pop()  # nothing of it ran: the search is as it was
+        experiment.set_status(SearchStatus.FINISHED)
+        raise
+    echo(f"extending {experiment.path}: {trials} more trial(s) ({extension.name}), sampler seed {extension.seed}")
     return _finish(tuner, experiment, echo)
 
 
@@ -107,6 +170,19 @@ def resume_search(experiment_dir: Path, *, address: str | None = None, echo: Ech
     experiment = Experiment.open(experiment_dir)
     job = experiment.job
     ensure_reachable(experiment.state.tracking_uri, f"{experiment.path.name}: tracking_uri")
+    folds = _recorded_data(experiment, accept_data_change=accept_data_change, echo=echo)
+    init_ray(address)
+    job.storage.check_for_cluster(_alive_nodes())
+    echo(f"resuming {experiment.path}")
+    experiment.set_status(SearchStatus.RUNNING)
+    tuner = restore_tuner(experiment.ray_runs[-1], job, folds)  # an extension's, if it has any
+    return _finish(tuner, experiment, echo)
+
+
+def _recorded_data(experiment: Experiment, *, accept_data_change: bool, echo: Echo) -> list:
+    """The search's prepared data (one per fold), refused if its content or splits changed
+    since the search started (unless a content change is accepted: then it is recorded)."""
+    job = experiment.job
     files = _search_files(job)
     changed = experiment.check_dataset(digest_of_files(files), files, accept=accept_data_change)
     folds, _ = job.load_search_data(plan=experiment.state.data_info.get("plan"))
@@ -117,12 +193,14 @@ def resume_search(experiment_dir: Path, *, address: str | None = None, echo: Ech
     if changed:
         experiment.update_data_info(folds[0].info)
         echo(f"warning: dataset changed ({len(changed)} file(s)); accepted and recorded in {experiment.path}")
-    init_ray(address)
-    job.storage.check_for_cluster(_alive_nodes())
-    echo(f"resuming {experiment.path}")
-    experiment.set_status(SearchStatus.RUNNING)
-    tuner = restore_tuner(experiment.path, job, folds)
-    return _finish(tuner, experiment, echo)
+    return folds
+
+
+def _study(experiment: Experiment) -> dict:
+    """Where Ray's OptunaSearch keeps the search's study: the experiment's journal file."""
+    from hpsearch.search.study import storage_for
+
+    return {"storage": storage_for(experiment), "study_name": experiment.name}
 
 
 def _callbacks(experiment: Experiment, job: Job, echo: Echo) -> list[tune.Callback]:
@@ -137,6 +215,8 @@ def _callbacks(experiment: Experiment, job: Job, echo: Echo) -> list[tune.Callba
 
 
 def _finish(tuner: tune.Tuner, experiment: Experiment, echo: Echo) -> Path:
+    from hpsearch.search.study import dashboard_hint
+
     job = experiment.job
     with _interruptible() as stop:
         grid = tuner.fit()
@@ -146,7 +226,8 @@ def _finish(tuner: tune.Tuner, experiment: Experiment, echo: Echo) -> Path:
             f"search interrupted ({signal.Signals(stop.signal).name}); its state is saved: "
             f"continue with `hpsearch resume {experiment.path}`", 128 + stop.signal)
     objective = experiment.objective
-    rows = results_mod.summarise(grid, objective, job.search.mode)
+    rows = results_mod.merge_rows(_recorded_rows(experiment, echo), results_mod.summarise(
+        grid, objective, job.search.mode), job.search.mode)  # an extended search ranks all its trials
     path = experiment.write_results(rows, objective, job.search.mode)
     counts = {o: sum(r.status == o for r in rows) for o in Outcome}
     echo(results_mod.format_table(rows, objective))
@@ -164,7 +245,19 @@ def _finish(tuner: tune.Tuner, experiment: Experiment, echo: Echo) -> Path:
                  "Hold cases out with dataset.test_fraction (or labelled imagesTs/labelsTs)")
     if job.search.dashboard:
         _in_child("dashboard", experiment.path, "dashboard", echo)
+    echo(f"optuna study: {experiment.study_file} (to browse it: {dashboard_hint(experiment)})")
     return experiment.path
+
+
+def _recorded_rows(experiment: Experiment, echo: Echo) -> list[results_mod.TrialSummary]:
+    """The rows ``results.json`` already has (an extended search's earlier trials), or none."""
+    if not experiment.file(RESULTS_FILE).is_file():
+        return []
+    try:
+        return results_mod.rows_from_payload(experiment.results())
+    except HpsearchError as exc:
+        echo(f"warning: earlier results not kept ({exc})")
+        return []
 
 
 class _Stop:
@@ -293,6 +386,8 @@ def _search_params(job: Job, data_info: dict) -> dict:
         **{f"plan.{k}": plan[k] for k in shown if k in plan},
         **({f"augment.{k}": v for k, v in job.augment.model_dump().items()} if plan else {}),
         **{f"default.{k}": v for k, v in job.params.items()},
+        **({"warm_start": job.search.warm_start, "warm_start_force": job.search.warm_start_force}
+           if job.search.warm_start else {}),
     }
 
 

@@ -11,7 +11,7 @@ is a fresh model on that fold's training cases. What it reports is built here, b
   folds are done, held while the next one trains. Inside fold 0, Ray's ASHA decides at its
   epoch rungs (:func:`fold_rungs` below ``max_epochs``), comparing trials at the same epoch
   as a single-split search does. At every fold boundary after it
-  (:class:`~hpsearch.search.tuner.FoldASHAScheduler`), a trial's mean over its folds goes on
+  (:class:`~hpsearch.search.schedulers.FoldASHAScheduler`), a trial's mean over its folds goes on
   only if it is in the top ``1 / reduction_factor`` of the latest fold means of the other
   trials that finished fold 0: means over different numbers of folds estimate the same
   cross-validated Dice, so they share one pool, and a trial let through early (when few

@@ -85,6 +85,22 @@ def summarise(result_grid, metric: str, mode: str) -> list[TrialSummary]:
     return sort_rows(rows, mode)
 
 
+def merge_rows(earlier: list[TrialSummary], latest: list[TrialSummary], mode: str) -> list[TrialSummary]:
+    """One ranking of every trial of a search that ran in several Ray Tune runs (an extended
+    search): ``latest`` (the run that just ended) replaces rows of the same trial in
+    ``earlier`` (the rows ``results.json`` had), best first."""
+    ids = {row.trial_id for row in latest}
+    return sort_rows([*(row for row in earlier if row.trial_id not in ids), *latest], mode)
+
+
+def rows_from_payload(payload: dict[str, Any]) -> list[TrialSummary]:
+    """The rows of a ``results.json`` payload (keys an older or newer hpsearch wrote, or
+    lacks, are dropped or defaulted)."""
+    names = {field.name for field in dataclasses.fields(TrialSummary)}
+    return [TrialSummary(**{k: v for k, v in row.items() if k in names})
+            for row in payload.get("trials", []) if isinstance(row, dict) and "trial_id" in row]
+
+
 def sort_rows(rows: list[TrialSummary], mode: str) -> list[TrialSummary]:
     """Best first: scored trials (completed, stopped early) by completed folds, then by their
     value; then the rest."""

@@ -13,132 +13,19 @@ job gets.
 
 from __future__ import annotations
 
-import importlib.util
-import logging
-import math
-import os
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-import optuna
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler, TrialScheduler
-from ray.tune.search import ConcurrencyLimiter, Searcher
-from ray.tune.search.optuna import OptunaSearch
 
 from hpsearch.data.preprocess import PreparedData
 from hpsearch.errors import HpsearchError
-from hpsearch.outcome import FAILURE_KEY
-from hpsearch.search.folds import fold_rungs, objective_name
+from hpsearch.search.folds import objective_name
+from hpsearch.search.schedulers import scheduler_for
+from hpsearch.search.searchers import limited, searcher_for
 from hpsearch.search.trainable import SegmentationTrainable
-from hpsearch.space import Choice, IntRange, LogUniform, to_optuna
 
-_LOG = logging.getLogger(__name__)
-
-
-def make_sampler(name: str, seed: int, num_trials: int, startup_trials: int | None = None) -> optuna.samplers.BaseSampler:
-    """The Optuna sampler called ``name``, seeded.
-
-    TPE starts with ``startup_trials`` random proposals (default a quarter of the budget,
-    2 to 10 trials), then models the joint distribution (``multivariate``): learning rate
-    and decay interact.
-    """
-    if name == "tpe":
-        startup = startup_trials or max(2, min(10, num_trials // 4))
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=startup)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if name == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
-    if name == "qmc":
-        return optuna.samplers.QMCSampler(seed=seed, scramble=True)
-    if name == "gp":
-        if importlib.util.find_spec("torch") is None:
-            raise HpsearchError(
-                "search.sampler: gp needs PyTorch, which is not installed; "
-                "run pip install 'hpsearch[gp]' or choose tpe"
-            )
-        return optuna.samplers.GPSampler(seed=seed)
-    raise HpsearchError(f"search.sampler: unknown sampler '{name}'")
-
-
-class FoldASHAScheduler(ASHAScheduler):
-    """Ray's ASHA on the ``budget`` clock of :mod:`hpsearch.search.folds`: its own rungs and
-    promotion rule inside fold 0, and a decision at every fold boundary after it.
-
-    Inside fold 0, trials at the same epoch are compared, as in a single-split search (Ray
-    builds geometric milestones in its private ``_Bracket``; they are replaced by the epoch
-    rungs of :func:`~hpsearch.search.folds.fold_rungs`, a list of ``(milestone, recorded)``
-    pairs, highest first; ``tests/search/test_folds.py`` checks that this still holds).
-
-    At a fold boundary, a trial's mean over its ``n`` folds goes on to fold ``n + 1`` only if
-    it is in the top ``1 / reduction_factor`` of the latest fold means of every other trial
-    that finished fold 0. A mean over 1 fold and a mean over 3 folds estimate the same thing,
-    the configuration's cross-validated Dice (with different noise), so one pool serves every
-    fold boundary: a trial that was let through early, when few others had finished fold 0,
-    is stopped at its next boundary once better ones have. (Epochs could not be pooled so:
-    more epochs means a higher Dice.)
-    """
-
-    def __init__(self, rungs: list[float], fold_width: int, **kwargs):
-        super().__init__(**kwargs)
-        self._fold_width = fold_width
-        for bracket in self._brackets:
-            bracket._rungs = [(m, {}) for m in sorted((r for r in rungs if r < fold_width), reverse=True)]
-        self._fold_means: dict[str, float] = {}  # each trial's latest mean over its finished folds
-        self._decided: dict[str, int] = {}       # folds at which a trial was last judged
-
-    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        budget = result.get(self._time_attr)
-        if budget is None or self._metric not in result or budget < self._fold_width:
-            return super().on_trial_result(tune_controller, trial, result)
-        if budget >= self._max_t:
-            return TrialScheduler.STOP  # every fold done (the trial reports done itself too)
-        folds = int(budget // self._fold_width)
-        if self._decided.get(trial.trial_id, 0) >= folds:
-            return TrialScheduler.CONTINUE  # the next fold is training: the budget is held
-        self._decided[trial.trial_id] = folds
-        value = self._metric_op * result[self._metric]
-        others = [v for t, v in self._fold_means.items() if t != trial.trial_id and math.isfinite(v)]
-        self._fold_means[trial.trial_id] = value
-        if others and not value >= np.percentile(others, (1 - 1 / self._reduction_factor) * 100):
-            self._num_stopped += 1
-            return TrialScheduler.STOP
-        return TrialScheduler.CONTINUE
-
-
-class OutcomeOptunaSearch(OptunaSearch):
-    """Ray's ``OptunaSearch`` telling Optuna how a trial ended, not only its last value.
-
-    * A failed trial (its last result carries ``hpsearch_failure`` and a NaN metric) is told
-      ``FAIL``. Ray tells the NaN, Optuna refuses it, Ray logs a warning and the Optuna trial
-      stays ``RUNNING`` for good (Ray 2.60, Optuna 5.1).
-    * With ``prune_stopped`` (``search.stopped_trials: pruned``), a trial the scheduler stopped
-      is told ``PRUNED``: Ray reports every epoch to the Optuna trial already
-      (``trial.report``), so TPE ranks a stopped trial by how far it got and then by its
-      intermediate values, below every trial that finished, instead of taking its last
-      early value as final. Stopped early: fewer epochs than its ``epoch_cap``, no failure.
-    """
-
-    def __init__(self, *args, prune_stopped: bool = False, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._prune_stopped = prune_stopped
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-        if error or not result or trial_id in self._completed_trials or trial_id not in self._ot_trials:
-            return super().on_trial_complete(trial_id, result, error)
-        if FAILURE_KEY in result:
-            state = optuna.trial.TrialState.FAIL
-        elif self._prune_stopped and result.get("training_iteration", 0) < result.get("epoch_cap", 0):
-            state = optuna.trial.TrialState.PRUNED
-        else:
-            return super().on_trial_complete(trial_id, result, error)
-        try:
-            self._ot_study.tell(self._ot_trials[trial_id], state=state)
-        except Exception as exc:  # as Ray does: a refused tell must not end the search
-            _LOG.warning("Optuna refused %s for trial %s: %s", state.name, trial_id, exc)
-        self._completed_trials.add(trial_id)
+__all__ = ["build_tuner", "restore_tuner", "trainable_for"]
 
 
 def build_tuner(
@@ -150,8 +37,13 @@ def build_tuner(
     storage: str,
     callbacks: list[tune.Callback],
     trainable: Callable | None = None,
+    study: dict[str, Any] | None = None,
 ) -> tune.Tuner:
     """A Tuner for a validated job, its search space and its prepared data (one per fold).
+
+    ``study`` (``storage`` and ``study_name``) is where ``OptunaSearch`` keeps its Optuna
+    study (:mod:`hpsearch.search.study`): it loads a study that exists, with every trial it
+    holds, and reports each epoch's value to it; without one the study lives in memory.
 
     With several folds the search ranks by ``cv_<metric>`` and, for
     ``cross_validation: fidelity``, ASHA counts the fold-aware ``budget`` clock of
@@ -177,8 +69,8 @@ def build_tuner(
         tune_config=tune.TuneConfig(
             metric=objective,
             mode=search.mode,
-            search_alg=_limited(_searcher(job, space, objective), job),
-            scheduler=_scheduler(job, folds),
+            search_alg=limited(searcher_for(job, space, objective, study), job),
+            scheduler=scheduler_for(job, folds),
             num_samples=search.num_trials,
             reuse_actors=True,
             trial_name_creator=lambda trial: f"trial_{trial.trial_id}",
@@ -201,80 +93,6 @@ def build_tuner(
             failure_config=tune.FailureConfig(max_failures=search.max_failures),
         ),
     )
-
-
-def _searcher(job, space: dict[str, Any], objective: str) -> Searcher:
-    """Optuna with the job's sampler; BOHB's own model for ``scheduler.type: bohb``."""
-    search = job.search
-    if job.scheduler.type == "bohb":
-        try:
-            from ray.tune.search.bohb import TuneBOHB
-
-            import ConfigSpace  # noqa: F401  (TuneBOHB imports it only when used)
-            import hpbandster  # noqa: F401
-        except ImportError:
-            raise HpsearchError("scheduler.type: bohb needs the hpbandster and ConfigSpace packages, which are "
-                                "not installed; run pip install 'hpsearch[bench]' or choose asha") from None
-        return TuneBOHB(space=TuneBOHB.convert_search_space(_tune_domains(space)), metric=objective,
-                        mode=search.mode, seed=search.seed)
-    return OutcomeOptunaSearch(space=to_optuna(space), metric=objective, mode=search.mode,
-                               sampler=make_sampler(search.sampler, search.seed, search.num_trials,
-                                                    search.startup_trials),
-                               prune_stopped=search.stopped_trials == "pruned")
-
-
-def _limited(searcher: Searcher, job) -> Searcher:
-    """The searcher, proposing at most ``search.max_concurrent`` trials ahead of their results.
-
-    The limiter (not max_concurrent_trials) also caps how many proposals Optuna makes ahead
-    of results, so TPE learns from finished trials. Not for Hyperband and BOHB: a trial they
-    pause counts as live to the limiter, so a bracket never fills and nothing is ever paused
-    or stopped (seen with Ray 2.60: every trial ran to its cap). Their brackets are proposed
-    together, and how many run at once is what Ray's CPUs allow (``resources.cpus_per_trial``):
-    Tune creates only one trial ahead of a searcher unless ``TUNE_MAX_PENDING_TRIALS_PG``
-    says more, so it is set to the search's trials (unless the user set it).
-    """
-    if job.scheduler.type in ("hyperband", "bohb"):
-        os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(job.search.num_trials))
-        return searcher
-    return ConcurrencyLimiter(searcher, max_concurrent=job.search.max_concurrent)
-
-
-def _scheduler(job, folds: int) -> TrialScheduler:
-    """The job's scheduler on epochs, or on the fold-aware budget when it cross-validates."""
-    cfg, search = job.scheduler, job.search
-    if cfg.type in ("hyperband", "bohb") and folds > 1 and search.cross_validation != "off":
-        raise HpsearchError(f"scheduler.type: {cfg.type} does not schedule folds; choose asha, or set "
-                            "search.cross_validation: off")
-    if cfg.type == "hyperband":
-        return HyperBandScheduler(time_attr="training_iteration", max_t=cfg.max_epochs,
-                                  reduction_factor=cfg.reduction_factor)
-    if cfg.type == "bohb":
-        from ray.tune.schedulers import HyperBandForBOHB
-
-        return HyperBandForBOHB(time_attr="training_iteration", max_t=cfg.max_epochs,
-                                reduction_factor=cfg.reduction_factor)
-    if cfg.type == "asha" and folds == 1:
-        return ASHAScheduler(time_attr="training_iteration", max_t=cfg.max_epochs,
-                             grace_period=cfg.grace_period, reduction_factor=cfg.reduction_factor)
-    if cfg.type == "asha" and search.cross_validation == "fidelity":
-        return FoldASHAScheduler(fold_rungs(cfg.grace_period, cfg.reduction_factor, cfg.max_epochs, folds),
-                                 cfg.max_epochs, time_attr="budget", max_t=cfg.max_epochs * folds,
-                                 grace_period=cfg.grace_period, reduction_factor=cfg.reduction_factor)
-    return FIFOScheduler()
-
-
-def _tune_domains(space: dict[str, Any]) -> dict[str, Any]:
-    """The search space as Ray Tune domains (what BOHB's ConfigSpace conversion reads)."""
-    out = {}
-    for name, dist in space.items():
-        if isinstance(dist, Choice):
-            out[name] = tune.choice(list(dist.values))
-        elif isinstance(dist, IntRange):  # Tune's upper bounds are exclusive
-            out[name] = (tune.lograndint if dist.log else tune.randint)(dist.low, dist.high + 1)
-        else:
-            out[name] = (tune.loguniform if isinstance(dist, LogUniform) else tune.uniform)(dist.low, dist.high)
-    return out
 
 
 def trainable_for(job, data: list[PreparedData]) -> Callable:

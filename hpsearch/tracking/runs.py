@@ -30,6 +30,7 @@ from hpsearch.outcome import Outcome
 
 MAX_PARAM_LENGTH, MAX_TAG_LENGTH = 6000, 8000  # MLflow's limits on values
 STATUS_TAG, TRIAL_TAG, PARENT_TAG = "hpsearch.status", "hpsearch.trial_id", "mlflow.parentRunId"
+EXPERIMENT_DIR_TAG = "hpsearch.experiment_dir"  # on the parent run: the search's experiment folder
 MAX_TRIALS = 50000  # one search_runs page; a search has far fewer trials
 _BAD_KEY_CHARS = re.compile(r"[^\w./\- :]")
 
@@ -115,6 +116,20 @@ class SearchRuns:
         if self._experiment_id is None:
             self._experiment_id = self.parent.info.experiment_id
         return self._experiment_id
+
+    def experiment_dir(self) -> Path | None:
+        """The experiment folder the parent run names (``None``: not an hpsearch search's run).
+
+        Raises:
+            HpsearchError: No such run in the store.
+        """
+        folder = self.parent.data.tags.get(EXPERIMENT_DIR_TAG)
+        return Path(folder) if folder else None
+
+    def reopen_parent(self) -> None:
+        """Set an ended parent run RUNNING again: a finished search gets more trials
+        (``hpsearch run --extend``); the tracker ends it again when they have ended."""
+        self.client.update_run(self.parent_run_id, status="RUNNING")
 
     def children(self) -> list:
         """Every child run, in the order the trials started."""

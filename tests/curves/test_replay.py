@@ -18,7 +18,8 @@ from hpsearch.curves import CurveTable, synthetic_table
 from hpsearch.curves.replay import ReplayTrainable, replay_trainable
 from hpsearch.curves.simulate import replay_search
 from hpsearch.errors import HpsearchError
-from hpsearch.search.tuner import OutcomeOptunaSearch, build_tuner
+from hpsearch.search.searchers import StudySearch
+from hpsearch.search.tuner import build_tuner
 from hpsearch.space import parse_space, to_optuna
 from hpsearch.spec import load_job
 from hpsearch.tracking.runs import SearchRuns
@@ -156,7 +157,7 @@ def test_bohb_without_its_packages_says_what_to_install(table):
 ])
 def test_optuna_is_told_how_a_trial_ended(prune_stopped, last, state):
     space = parse_space({"learning_rate": SPACE["learning_rate"]}, "unet", "s")
-    searcher = OutcomeOptunaSearch(space=to_optuna(space), metric="val_dice", mode="max",
+    searcher = StudySearch(space=to_optuna(space), metric="val_dice", mode="max",
                                    sampler=optuna.samplers.RandomSampler(seed=0), prune_stopped=prune_stopped)
     searcher.suggest("t1")
     for step in range(1, last["training_iteration"] + 1):

@@ -16,7 +16,10 @@ from pathlib import Path
 import mlflow
 import nibabel as nib
 import numpy as np
+import optuna
 import pytest
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
 
 from helpers import SPAWN_TAG, hpsearch_process, kill_processes, snapshot, tagged_processes
 
@@ -104,6 +107,14 @@ def test_ctrl_c_interrupts_and_resume_finishes(lv_small, tmp_path, spawn):
             assert run.data.tags["hpsearch.failure"] == "nan" and "hpsearch.retry_error" not in run.data.tags
         else:
             assert trial["status"] == "completed" and steps == [1, 2, 3], trial
+    # The Optuna study in the experiment folder came through the interruption too: every trial
+    # ended in it, a diverged one as FAIL, the others with each epoch's value.
+    study = optuna.load_study(study_name=experiment.name,
+                              storage=JournalStorage(JournalFileBackend(str(experiment / "optuna.journal"))))
+    ended = [t for t in study.trials if t.state.is_finished()]
+    assert sorted(t.state.name for t in ended) == sorted(
+        "FAIL" if t["status"] == "failed" else "COMPLETE" for t in results["trials"])
+    assert all(sorted(t.intermediate_values) == [1, 2, 3] for t in ended if t.state.name == "COMPLETE")
 
 
 def _run_at(job: Path, cwd: Path, db: str, go, out):

@@ -74,7 +74,7 @@ def test_fold_rungs(grace, factor, max_epochs, folds, expected):
 
 
 def test_the_real_asha_decides_in_fold_0_then_at_every_fold_boundary():
-    from hpsearch.search.tuner import FoldASHAScheduler
+    from hpsearch.search.schedulers import FoldASHAScheduler
 
     scheduler = FoldASHAScheduler([1, 2, 4], 2, time_attr="budget", max_t=6, grace_period=1, reduction_factor=2,
                                   metric="cv_val_dice", mode="max")

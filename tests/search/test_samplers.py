@@ -9,7 +9,7 @@ import pytest
 from ray.tune.search.optuna import OptunaSearch
 
 from hpsearch.errors import HpsearchError
-from hpsearch.search.tuner import make_sampler
+from hpsearch.search.searchers import make_sampler
 from hpsearch.space import parse_space, to_optuna
 
 SPACE = parse_space(

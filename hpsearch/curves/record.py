@@ -11,7 +11,9 @@ configuration's ``epochs`` is recorded but not trained to: the learning-rate sch
 there (:meth:`CurveTable.curve`).
 
 Every finished configuration is appended to ``<out>.partial.jsonl`` as it ends; a
-recording run again with the same job, space, seed and epochs continues from there.
+recording run again with the same job, space, seed and epochs continues from there, and
+one with more ``configs`` extends a finished table (the first ``k`` of ``n`` sampled
+configurations are the same).
 
 Example:
     >>> table = record_curves(job, space, configs=200, seed=0, workers=2,
@@ -77,7 +79,8 @@ def record_curves(job, space: dict[str, Any], *, configs: int, seed: int, worker
         space: The search space (:func:`hpsearch.space.load_space`).
         configs, seed, sampler: How many configurations, drawn how (:func:`sample_configs`).
         workers: Parallel training processes, one TensorFlow thread each.
-        out: The table's ``.npz``; ``<out>.partial.jsonl`` beside it keeps finished rows.
+        out: The table's ``.npz``; ``<out>.partial.jsonl`` beside it keeps finished rows. A
+            table already there, recorded the same way, is extended (its rows are kept).
         name: The table's name (default: ``out``'s stem).
         meta: Extra ``meta`` entries (the command, the dataset's description).
         on_row: Called with (row, record) after each configuration is saved.
@@ -86,12 +89,10 @@ def record_curves(job, space: dict[str, Any], *, configs: int, seed: int, worker
         The table, also written to ``out``.
 
     Raises:
-        HpsearchError: ``out`` exists, the partial file belongs to another recording, or a
+        HpsearchError: ``out`` or the partial file belongs to another recording, or a
             configuration failed in a way that is not its own (a bug, a lost process).
     """
     out = Path(out)
-    if out.exists():
-        raise HpsearchError(f"{out}: exists; choose another --out or delete it to record again")
     if workers < 1 or configs < 1:
         raise HpsearchError(f"configs {configs}, workers {workers}: both must be at least 1")
     from hpsearch.data.guard import refuse_inside
@@ -104,7 +105,7 @@ def record_curves(job, space: dict[str, Any], *, configs: int, seed: int, worker
     key = {"space": plain_space, "seed": seed, "sampler": sampler, "max_epochs": max_epochs,
            "model": job.model, "params": job.params, "dataset": job.dataset.model_dump(mode="json")}
     partial = out.with_name(out.name + ".partial.jsonl")
-    done = _read_partial(partial, key, sampled)
+    done = {**_read_table(out, key, sampled), **_read_partial(partial, key, sampled)}
     data, _ = job.load_data()  # generated and cached here once, so workers only read the cache
     todo = [row for row in range(configs) if row not in done]
     if todo:
@@ -123,10 +124,34 @@ def record_curves(job, space: dict[str, Any], *, configs: int, seed: int, worker
             "command": shlex.join([Path(sys.executable).name, *sys.argv]),
             "seconds": round(time.perf_counter() - started, 1),
             "resumed_rows": configs - len(todo),
-            "train_seconds": round(sum(done[r]["seconds"] for r in range(configs)), 1), **(meta or {})}
+            "train_seconds": round(sum(done[r]["seconds"] for r in range(configs)), 1),
+            "recording_key": key, "rows": [{k: done[r][k] for k in _ROW_META} for r in range(configs)], **(meta or {})}
     table = CurveTable(name or out.stem, plain_space, sampled, meta=info, **curves)
     table.save(out)
     return table
+
+
+_ROW_META = ("failure", "error", "seconds")  # per-row facts kept in meta, so a table can be extended
+
+
+def _read_table(out: Path, key: dict[str, Any], sampled: list[dict[str, Any]]) -> dict[int, dict]:
+    """Rows of an earlier table at ``out`` recorded with the same ``key``: recording more
+    configurations extends it (the first ``k`` of ``n`` sampled are the same)."""
+    if not out.exists():
+        return {}
+    table = CurveTable.load(out)
+    if table.meta.get("recording_key") != json.loads(json.dumps(key)):
+        raise HpsearchError(f"{out}: exists, recorded with another job, space, seed or max_epochs; "
+                            "choose another --out or delete it to record again")
+    if len(table) > len(sampled):
+        raise HpsearchError(f"{out}: holds {len(table)} configurations; record at least that many (--configs) "
+                            "or choose another --out")
+    done = {}
+    for row, config in enumerate(table.configs[:len(sampled)]):
+        if config == json.loads(json.dumps(sampled[row])):
+            done[row] = {"row": row, "config": config, **table.meta["rows"][row],
+                         **{k: getattr(table, k)[row].tolist() for k in CURVE_KEYS}}
+    return done
 
 
 def _read_partial(partial: Path, key: dict[str, Any], sampled: list[dict[str, Any]]) -> dict[int, dict]:

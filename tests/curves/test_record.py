@@ -82,8 +82,16 @@ def test_record_resumes_after_interruption_and_fills_the_table(tmp_path, lv_smal
             assert (loaded.val_loss[row] > 0).all() and (loaded.epoch_seconds[row] > 0).all()
     np.testing.assert_allclose(table.val_dice, loaded.val_dice, rtol=1e-6, equal_nan=True)
 
-    with pytest.raises(HpsearchError, match="exists"):
-        record_curves(job, space, configs=3, seed=4, workers=1, out=out)
+    # A table already there is extended, not trained again (here: to the same size), never cut.
+    (tmp_path / "curves" / "t.npz.partial.jsonl").unlink()
+    again = record_curves(job, space, configs=3, seed=4, workers=1, out=out, on_row=lambda row, record: trained.append(row))
+    assert len(trained) == 3 - len(first)
+    np.testing.assert_allclose(again.val_dice, loaded.val_dice, equal_nan=True)
+    assert again.meta["rows"] == loaded.meta["rows"] and again.meta["resumed_rows"] == 3
+    with pytest.raises(HpsearchError, match="holds 3 configurations"):
+        record_curves(job, space, configs=2, seed=4, workers=1, out=out)
+    with pytest.raises(HpsearchError, match="recorded with another"):
+        record_curves(job, space, configs=3, seed=5, workers=1, out=out)
 
 
 def test_same_seed_same_configs_and_a_prefix():

@@ -247,9 +247,23 @@ def _start_worker(job) -> None:
     from hpsearch.runtime import RuntimeConfig, configure_tensorflow, quiet_tensorflow
 
     quiet_tensorflow()
+    _exit_with_parent(os.getppid())
     runtime = job.runtime.model_copy(update={"intra_op_threads": 1, "inter_op_threads": 1})
     configure_tensorflow(RuntimeConfig(**runtime.model_dump()))
     _WORKER.update(job=job, runtime=runtime, data=job.load_data()[0])
+
+
+def _exit_with_parent(parent: int) -> None:
+    """End this worker when the recording process is gone (killed, not interrupted): a pool
+    worker would otherwise train on as an orphan."""
+    import threading
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(2)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def _train_one(config: dict[str, Any], max_epochs: int) -> dict[str, Any]:

@@ -297,3 +297,26 @@ def test_run_of_a_trial_the_resumed_search_never_saw_is_ended_as_lost(store):
     assert steps(client, runs["lost_00000"]) == [1]  # what it logged is kept
     parent_run = client.get_run(parent)
     assert parent_run.info.status == "FINISHED" and parent_run.data.tags["hpsearch.trials_lost"] == "1"
+
+
+def test_batched_epochs_reach_mlflow_once_in_order(store):
+    """With a send interval, queued epochs wait and go as one write per trial, in order."""
+    parent = start_search_run(store, "batched", run_name="search-b", params={}, tags={})
+    client = MlflowClient(store)
+    tracker = MLflowTracker(store, client.get_run(parent).info.experiment_id, parent, send_interval_s=3600)
+    first, second = fake_trial("bat_00000", epochs=4), fake_trial("bat_00001", epochs=4)
+    for trial in (first, second):
+        tracker.on_trial_start(iteration=0, trials=[first, second], trial=trial)
+    for step in (1, 2, 3):
+        for trial in (first, second):  # interleaved, as two concurrent trials report
+            report(tracker, trial, step)
+    report(tracker, first, 3)  # a replayed epoch: not queued again
+    assert tracker.pending == 6  # every epoch waits: none sent yet
+    runs = client.search_runs([client.get_run(parent).info.experiment_id],
+                              filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
+    assert len(runs) == 2 and all(steps(client, run) == [] for run in runs)
+    report(tracker, first, 4)
+    tracker.on_trial_complete(iteration=5, trials=[first, second], trial=first)  # an end goes at once
+    assert tracker.pending == 0
+    assert sorted(steps(client, run) for run in runs) == [[1, 2, 3], [1, 2, 3, 4]]
+    assert sorted(steps(client, run, "loss") for run in runs) == [[1, 2, 3], [1, 2, 3, 4]]

@@ -74,7 +74,8 @@ class ReplayedSearch:
 
 
 def replay_search(table: CurveTable, job, space: dict[str, Any], *, storage: Path, tracking_uri: str, name: str,
-                  time_scale: float = 0.0, echo: Callable[[str], None] | None = None) -> ReplayedSearch:
+                  time_scale: float = 0.0, echo: Callable[[str], None] | None = None,
+                  send_interval_s: float = 1.0) -> ReplayedSearch:
     """Run the job's search against ``table``; trials are child runs of a new parent run ``name``.
 
     Args:
@@ -86,6 +87,9 @@ def replay_search(table: CurveTable, job, space: dict[str, Any], *, storage: Pat
         name: The search's name (Ray experiment and MLflow parent run).
         time_scale: Seconds slept per recorded second of an epoch.
         echo: Where :class:`~hpsearch.search.progress.SearchProgress` writes (None: no progress).
+        send_interval_s: The tracker sends each trial's queued epochs together at most this
+            often (one ``log_batch`` each): a replay needs no durability against a killed driver,
+            and a write per epoch would make MLflow most of its cost.
 
     Raises:
         HpsearchError: The table cannot answer the job (see :func:`~hpsearch.curves.replay.check_replayable`).
@@ -99,7 +103,8 @@ def replay_search(table: CurveTable, job, space: dict[str, Any], *, storage: Pat
     metric, mode = job.search.metric, job.search.mode
     log = ResultLog()
     callbacks: list[tune.Callback] = [
-        MLflowTracker(tracking_uri, experiment_id, parent, metric=metric, mode=mode, max_epochs=job.scheduler.max_epochs),
+        MLflowTracker(tracking_uri, experiment_id, parent, metric=metric, mode=mode, max_epochs=job.scheduler.max_epochs,
+                      send_interval_s=send_interval_s),
         log]
     if echo is not None:
         callbacks.append(SearchProgress(job.search.num_trials, metric, mode, echo, live=False))

@@ -139,7 +139,7 @@ class CurveTable:
             with np.load(Path(path), allow_pickle=False) as f:
                 header = json.loads(str(f["header"]))
                 curves = {key: f[key] for key in CURVE_KEYS}
-        except (OSError, KeyError, ValueError) as exc:
+        except (OSError, EOFError, KeyError, ValueError) as exc:  # EOFError: an empty file
             raise HpsearchError(f"{path}: not a learning-curve table ({exc}); record one with "
                                 "benchmarks/record_curves.py") from None
         return cls(header["name"], header["space"], header["configs"], meta=header.get("meta", {}), **curves)

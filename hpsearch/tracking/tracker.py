@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import logging
 import math
 import numbers
@@ -66,6 +67,7 @@ _PERMANENT = frozenset({"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS",
 
 
 _PER_FOLD_KEY = re.compile(r"^fold\d+/")
+_MAX_BATCH_METRICS = 900  # MLflow takes at most 1000 metrics in one log_batch
 
 
 def default_metric_keys(key: str) -> bool:
@@ -98,6 +100,15 @@ class MLflowTracker(Callback):
             (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, ``..._TIMEOUT``): MLflow's 7 retries with
             backoff would block Ray's driver loop for minutes per call while a server is down.
         end_flush_s: How long :meth:`on_experiment_end` retries queued writes.
+        send_interval_s: Epochs and tags wait in the queue until this long after the last
+            send (a trial's start and end go at once; Tune's loop drains the queue after every
+            step). One ``log_batch`` then carries every queued epoch of a trial: a sqlite
+            ``log_batch`` costs the driver ~20 ms of CPU whatever its size, which at one call
+            per epoch made MLflow the driver's largest cost when epochs are short. 0 (what
+            ``hpsearch run`` uses) sends every write at once: Ray may record an epoch's
+            checkpoint as durable right after its result, so a driver killed with epochs still
+            queued would lose them from MLflow for good. Learning-curve replays, which need no
+            such durability, batch (:mod:`hpsearch.curves.simulate`).
 
     Tune pickles callbacks into ``tuner.pkl`` and ``Tuner.restore`` uses those copies: only
     the arguments are pickled; all other state is read back from MLflow.
@@ -106,7 +117,8 @@ class MLflowTracker(Callback):
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, *,
                  metric: str = "val_dice", mode: str = "max",
                  metric_keys: Callable[[str], bool] | None = None, max_epochs: int | None = None,
-                 http_retries: int = 1, http_timeout_s: int = 10, end_flush_s: float = 30.0):
+                 http_retries: int = 1, http_timeout_s: int = 10, end_flush_s: float = 30.0,
+                 send_interval_s: float = 0.0):
         if not (tracking_uri and experiment_id and parent_run_id):
             raise ValueError("tracking_uri, experiment_id and parent_run_id are required")
         self._args = {k: v for k, v in locals().items() if k != "self"}
@@ -116,6 +128,7 @@ class MLflowTracker(Callback):
         self._http_env = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(http_retries), "MLFLOW_HTTP_REQUEST_TIMEOUT":
                           str(http_timeout_s)} if tracking_uri.startswith("http") else {}
         self._client, self._end_flush_s = MlflowClient(tracking_uri), end_flush_s
+        self._send_interval_s, self._last_send = send_interval_s, 0.0
         self._pending: collections.deque[_Op] = collections.deque()
         # Per trial id: child run id, highest step in MLflow (high-water mark), highest step
         # queued, the hpsearch.status it ended with, non-finite metric keys.
@@ -141,6 +154,10 @@ class MLflowTracker(Callback):
 
     def setup(self, **info):
         self._guarded(self._client.set_tag, self.parent_run_id, STATUS_TAG, SearchStatus.RUNNING.value)
+
+    def on_step_end(self, iteration, trials, **info):
+        if self._pending and time.monotonic() - self._last_send >= self._send_interval_s:
+            self._drain()
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._push(trial, None, start=True)  # also for retries, restores and reused actors
@@ -232,7 +249,9 @@ class MLflowTracker(Callback):
             self._pending.append(_Op(trial.trial_id, "start", tags=params))
         if op is not None:
             self._pending.append(op)
-        self._drain()
+        waits = not start and (op is None or op.kind in ("metrics", "tags"))
+        if not (waits and time.monotonic() - self._last_send < self._send_interval_s):
+            self._drain()
 
     def _end(self, trial, tags: dict[str, str], status: str) -> None:
         step = int((trial.last_result or {}).get(STEP_METRIC) or 0)
@@ -245,12 +264,15 @@ class MLflowTracker(Callback):
         self._push(trial, _Op(trial.trial_id, "end", step, metrics, tags, status=status))
 
     def _drain(self) -> int:
-        """Send queued writes in order, up to the first outage; return how many are left."""
+        """Send queued writes in order (each trial's in its order; a trial's queued epochs
+        together), up to the first outage; return how many are left."""
+        self._last_send = time.monotonic()
         while self._pending:
             op = self._pending[0]
+            batch = self._batch_of(op)
             try:
                 with scoped_env(self._http_env):
-                    self._send(op)
+                    self._send(op, batch[1:])
             except Exception as exc:  # the resilience boundary: tracking never fails a search
                 # requests' ConnectionError and Timeout are OSErrors; any other type is a bug.
                 if isinstance(exc, OSError) or (isinstance(exc, MlflowException)
@@ -264,12 +286,31 @@ class MLflowTracker(Callback):
                 _LOG.warning("MLflow refused a %s write of trial %s, dropped: %s", op.kind, op.trial_id,
                              exc, exc_info=not isinstance(exc, MlflowException))
             self._pending.popleft()
+            if len(batch) > 1:
+                sent = {id(b) for b in batch}
+                self._pending = collections.deque(o for o in self._pending if id(o) not in sent)
         if self._outage:
             self._outage = False
             _LOG.warning("MLflow at %s is back; queued results sent", self.tracking_uri)
         return 0
 
-    def _send(self, op: _Op) -> None:
+    def _batch_of(self, op: _Op) -> list[_Op]:
+        """``op``, and for an epoch every later queued epoch of its trial up to the trial's next
+        other write (its order kept), within MLflow's 1000 metrics per ``log_batch``."""
+        if op.kind != "metrics":
+            return [op]
+        batch, size = [op], len(op.metrics)
+        for later in itertools.islice(self._pending, 1, None):
+            if later.trial_id != op.trial_id:
+                continue
+            if later.kind != "metrics" or size + len(later.metrics) > _MAX_BATCH_METRICS:
+                break
+            batch.append(later)
+            size += len(later.metrics)
+        return batch
+
+    def _send(self, op: _Op, more: list[_Op] = ()) -> None:
+        """One write; ``more`` are later epochs of the same trial, sent in the same call."""
         tid, client = op.trial_id, self._client
         if op.kind == "start":
             self._open_run(op)
@@ -282,16 +323,23 @@ class MLflowTracker(Callback):
                 run = client.get_run(run_id)
                 self._hwm[tid] = int(run.data.metrics.get(STEP_METRIC, 0))
                 self._nonfinite[tid].update(filter(None, run.data.tags.get(NONFINITE_TAG, "").split(",")))
-            if op.step <= self._hwm[tid]:
-                return  # logged by an earlier driver, or before a lost response
+            epochs, step = [], self._hwm[tid]
+            for epoch in (op, *more):  # skip what an earlier driver logged, or before a lost response
+                if epoch.step > step:
+                    epochs.append(epoch)
+                    step = epoch.step
+            if not epochs:
+                return
+            metrics = [m for epoch in epochs for m in epoch.metrics]
             # MLflow 3 stores NaN as NaN but clamps +-inf to +-1.8e308: both are logged and named.
-            if nonfinite := {m.key for m in op.metrics if not math.isfinite(m.value)}:
+            if nonfinite := {m.key for m in metrics if not math.isfinite(m.value)}:
                 self._nonfinite[tid].update(nonfinite)
                 tags.append(RunTag(NONFINITE_TAG, ",".join(sorted(self._nonfinite[tid]))))
-        client.log_batch(run_id, metrics=op.metrics, tags=tags)  # one call per result
-        if op.kind == "metrics":
-            self._hwm[tid] = op.step
-        elif op.status:
+            client.log_batch(run_id, metrics=metrics, tags=tags)  # one call for the trial's queued epochs
+            self._hwm[tid] = step
+            return
+        client.log_batch(run_id, metrics=op.metrics, tags=tags)
+        if op.status:
             client.set_terminated(run_id, op.status)
             self._closed.add(tid)
 

@@ -50,6 +50,9 @@ JOB = REPO / "jobs" / "demo.yaml"
 REFERENCE = "random, no early stopping"
 BUDGETS = (40, 80, 160)
 TARGET = 0.99
+# The default, its study first filled with the ended trials of a finished default search with
+# another seed (what `search.warm_start` does); that earlier search's compute is not counted.
+WARM = "TPE + ASHA, warm start from another seed's search"
 # name -> (job overrides, whether the space keeps `epochs`). The first four and Hyperband/BOHB are
 # the usual alternatives; "TPE + ASHA" is today's default (jobs/demo.yaml); the rest are proposals.
 STRATEGIES: dict[str, tuple[list[str], bool]] = {
@@ -65,6 +68,7 @@ STRATEGIES: dict[str, tuple[list[str], bool]] = {
     "TPE + ASHA, 8 start-up trials": (["search.startup_trials=8"], True),
     "TPE + ASHA, stopped told pruned": (["search.stopped_trials=pruned"], True),
     "TPE + ASHA, epochs not sampled, grace 5, 32 trials": (["scheduler.grace_period=5", "search.num_trials=32"], False),
+    WARM: ([], True),
 }
 SMOKE = [REFERENCE, "TPE + ASHA (default)"]
 
@@ -80,8 +84,9 @@ def run_strategy(table: CurveTable, name: str, seeds: int, work: Path, uri: str,
                              f"tracking.experiment=search-efficiency-{table.name}"])
         space = parse_space(space_raw, job.family, f"table {table.name}")
         storage = work / "ray" / f"{_slug(name)}-{seed}"
+        study = _warm_study(table, job, space, work, uri, seed, time_scale) if name == WARM else None
         search = replay_search(table, job, space, storage=storage, tracking_uri=uri,
-                               name=f"{table.name}-{_slug(name)}-seed{seed}", time_scale=time_scale)
+                               name=f"{table.name}-{_slug(name)}-seed{seed}", time_scale=time_scale, study=study)
         shutil.rmtree(storage, ignore_errors=True)  # checkpoints: not needed once the search ended
         found = _best_so_far([a.val_dice for a in search.arrivals])
         reached = np.flatnonzero(found >= TARGET * table.best())
@@ -91,6 +96,28 @@ def run_strategy(table: CurveTable, name: str, seeds: int, work: Path, uri: str,
         print(f"  {table.name} | {name} | seed {seed}: {len(found)} epochs, best {searches[-1]['best_found']:.4f}, "
               f"to {TARGET:.0%}: {searches[-1]['compute_to_target']}, {search.seconds:.1f} s", flush=True)
     return {"searches": searches, **_summary(searches, table.best())}
+
+
+def _warm_study(table: CurveTable, job, space: dict, work: Path, uri: str, seed: int, time_scale: float) -> dict:
+    """A study holding the ended trials of a default search with seed ``seed + 1000``."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    from optuna.trial import TrialState
+
+    storage = JournalStorage(JournalFileBackend(str(work / f"warm-{table.name}-{seed}.journal")))
+    prior = {"storage": storage, "study_name": "prior"}
+    earlier = job.model_copy(update={"search": job.search.model_copy(update={"seed": seed + 1000})})
+    replay_search(table, earlier, space, storage=work / "ray" / f"prior-{seed}", tracking_uri=uri,
+                  name=f"{table.name}-prior-seed{seed}", time_scale=time_scale, study=prior)
+    shutil.rmtree(work / "ray" / f"prior-{seed}", ignore_errors=True)
+    ended = optuna.load_study(**prior).get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
+    warm = optuna.create_study(storage=storage, study_name="warm", direction="maximize" if job.search.mode == "max"
+                               else "minimize")
+    warm.add_trials([optuna.trial.create_trial(
+        state=t.state, value=t.value if t.state is TrialState.COMPLETE else None, params=t.params,
+        distributions=t.distributions, intermediate_values=t.intermediate_values) for t in ended])
+    return {"storage": storage, "study_name": "warm"}
 
 
 def _best_so_far(values: list[float]) -> np.ndarray:

@@ -75,7 +75,7 @@ class ReplayedSearch:
 
 def replay_search(table: CurveTable, job, space: dict[str, Any], *, storage: Path, tracking_uri: str, name: str,
                   time_scale: float = 0.0, echo: Callable[[str], None] | None = None,
-                  send_interval_s: float = 1.0) -> ReplayedSearch:
+                  send_interval_s: float = 1.0, study: dict[str, Any] | None = None) -> ReplayedSearch:
     """Run the job's search against ``table``; trials are child runs of a new parent run ``name``.
 
     Args:
@@ -90,6 +90,9 @@ def replay_search(table: CurveTable, job, space: dict[str, Any], *, storage: Pat
         send_interval_s: The tracker sends each trial's queued epochs together at most this
             often (one ``log_batch`` each): a replay needs no durability against a killed driver,
             and a write per epoch would make MLflow most of its cost.
+        study: Where the searcher keeps its Optuna study (``storage``, ``study_name``), as
+            :func:`~hpsearch.search.tuner.build_tuner` takes it: a study that already holds
+            trials warm-starts the search (what ``search.warm_start`` does for ``hpsearch run``).
 
     Raises:
         HpsearchError: The table cannot answer the job (see :func:`~hpsearch.curves.replay.check_replayable`).
@@ -108,7 +111,8 @@ def replay_search(table: CurveTable, job, space: dict[str, Any], *, storage: Pat
         log]
     if echo is not None:
         callbacks.append(SearchProgress(job.search.num_trials, metric, mode, echo, live=False))
-    tuner = build_tuner(job, space, None, name=name, storage=str(storage), callbacks=callbacks, trainable=trainable)
+    tuner = build_tuner(job, space, None, name=name, storage=str(storage), callbacks=callbacks, trainable=trainable,
+                         study=study)
     started = time.perf_counter()
     grid = tuner.fit()
     seconds = time.perf_counter() - started

@@ -233,7 +233,9 @@ def _assert_none_failed(rows: list[dict], logs) -> None:
     # (2026-12-02) that local runs did not reproduce.
     failed = [(r["trial_id"], r.get("failure"), r.get("error"), r.get("epochs_run")) for r in rows
               if r["status"] == "failed"]
-    assert len(rows) == 4 and not failed, (failed, logs.stdout[-3000:])
+    about = [line for line in logs.stdout.splitlines()  # the failed trials' story, not just the log's end
+             if any(trial_id in line for trial_id, *_ in failed) or "retrying in" in line or "Traceback" in line]
+    assert len(rows) == 4 and not failed, (failed, "\n".join(about)[-6000:], logs.stdout[-2000:])
 
 
 def _assert_every_epoch_once(client, experiment: str, rows: list[dict]) -> None:

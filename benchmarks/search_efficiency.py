@@ -15,7 +15,9 @@ table's own. Per strategy and table, over ``--seeds`` seeds:
 * total epochs, and the wall time of one search.
 
 Outputs ``benchmarks/results/search_efficiency.{json,md,png}`` (the plot: median regret,
-table best minus best found, against compute). Run from the repository root:
+table best minus best found, against compute), and keeps each finished search in
+``search_efficiency.progress.jsonl`` there, so an interrupted run goes on where it stopped.
+Run from the repository root:
 
     .venv/bin/python benchmarks/search_efficiency.py benchmarks/curves/lv-unet.npz benchmarks/curves/brats-unet.npz
     .venv/bin/python benchmarks/search_efficiency.py --synthetic            # a parametric table, no recording needed
@@ -74,12 +76,20 @@ SMOKE = [REFERENCE, "TPE + ASHA (default)"]
 
 
 def run_strategy(table: CurveTable, name: str, seeds: int, work: Path, uri: str, time_scale: float,
-                 extra: list[str], cpus_per_trial: float) -> dict:
-    """Every seed of one strategy on one table; the per-search measures and their summary."""
+                 extra: list[str], cpus_per_trial: float, progress: Path | None = None) -> dict:
+    """Every seed of one strategy on one table; the per-search measures and their summary.
+
+    Each finished search is appended to ``progress`` (JSON lines), and a search found there
+    is not run again: a long benchmark interrupted goes on where it stopped.
+    """
     overrides, keep_epochs = STRATEGIES[name]
     space_raw = {k: v for k, v in table.space.items() if keep_epochs or k not in CAP_PARAMS}
+    done = _finished_searches(progress, table.name, name, [*overrides, *extra], time_scale)
     searches = []
     for seed in range(seeds):
+        if seed in done:
+            searches.append(done[seed])
+            continue
         job = load_job(JOB, [*overrides, *extra, f"search.seed={seed}", f"resources.cpus_per_trial={cpus_per_trial}",
                              f"tracking.experiment=search-efficiency-{table.name}"])
         space = parse_space(space_raw, job.family, f"table {table.name}")
@@ -93,9 +103,30 @@ def run_strategy(table: CurveTable, name: str, seeds: int, work: Path, uri: str,
         searches.append({"seed": seed, "seconds": search.seconds, "total_epochs": len(found),
                          "compute_to_target": int(reached[0]) + 1 if reached.size else None,
                          "best_found": float(found[-1]) if found.size else None, "best_so_far": found.tolist()})
+        if progress is not None:
+            with progress.open("a") as out:
+                out.write(json.dumps({"table": table.name, "strategy": name, "overrides": [*overrides, *extra],
+                                      "time_scale": time_scale, **searches[-1]}) + "\n")
         print(f"  {table.name} | {name} | seed {seed}: {len(found)} epochs, best {searches[-1]['best_found']:.4f}, "
               f"to {TARGET:.0%}: {searches[-1]['compute_to_target']}, {search.seconds:.1f} s", flush=True)
     return {"searches": searches, **_summary(searches, table.best())}
+
+
+def _finished_searches(progress: Path | None, table: str, name: str, overrides: list[str],
+                       time_scale: float) -> dict[int, dict]:
+    """The searches of this table, strategy and settings that ``progress`` holds, by seed."""
+    if progress is None or not progress.exists():
+        return {}
+    found = {}
+    for line in progress.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by an interruption
+            continue
+        if (entry.pop("table"), entry.pop("strategy"), entry.pop("overrides"), entry.pop("time_scale")) == (
+                table, name, overrides, time_scale):
+            found[entry["seed"]] = entry
+    return found
 
 
 def _warm_study(table: CurveTable, job, space: dict, work: Path, uri: str, seed: int, time_scale: float) -> dict:
@@ -215,6 +246,8 @@ def main() -> None:
     parser.add_argument("--time-scale", type=float, default=0.002, help="seconds slept per recorded epoch second")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every search")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--progress", type=Path, help="JSON lines of finished searches: appended to, and searches "
+                        "found there are not run again (default: OUT/search_efficiency.progress.jsonl)")
     parser.add_argument("--smoke-test", action="store_true", help="2 strategies x 2 seeds on a small table")
     args = parser.parse_args()
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -236,6 +269,9 @@ def main() -> None:
     unknown = [n for n in names if n not in STRATEGIES]
     if unknown:
         raise SystemExit(f"--strategies: unknown {unknown}; choose from {list(STRATEGIES)}")
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    progress = args.progress or args.out / "search_efficiency.progress.jsonl"
 
     import ray
 
@@ -260,7 +296,7 @@ def main() -> None:
                     entry["strategies"][name] = {"skipped": "hpbandster/ConfigSpace not installed"}
                     continue
                 entry["strategies"][name] = run_strategy(table, name, args.seeds, work, uri, args.time_scale,
-                                                         args.set, cpus_per_trial)
+                                                         args.set, cpus_per_trial, progress)
             report["tables"].append(entry)
     finally:
         ray.shutdown()

@@ -113,4 +113,8 @@ def _trial_task_failure(controller, trial, exception):
 def retry_failed_actor_reuse() -> None:
     """Make Ray Tune retry a trial whose reused actor failed its ``reset`` (see the module
     docstring) instead of ending it unretried. Safe to call any number of times."""
+    needed = ("_trial_task_failure", "_set_trial_status", "_unstage_trial_with_resources")
+    if not all(hasattr(TuneController, name) for name in needed):  # another Ray: leave it as it is
+        log.warning("Ray Tune's TuneController has changed; a failed actor reuse is not retried")
+        return
     TuneController._trial_task_failure = _trial_task_failure

@@ -72,8 +72,9 @@ class _EveryRound:
     has been started"):
 
     * the bracket is ``finished()`` (its last round: every remaining trial reached the last
-      milestone, which is below ``max_t`` when ``reduction_factor`` does not divide it, so
-      they are paused, not done): nothing stops the paused trials;
+      milestone, which is below ``max_t`` unless ``max_t`` is the first milestone times a
+      power of ``reduction_factor``: 18 for 20 and 3, so they are paused, not done): nothing
+      stops the paused trials;
     * ``bracket.is_being_processed``: a guard against judging again from inside a judgement
       (stopping a paused loser calls ``on_trial_remove``; ray PR #36568), which Ray sets at
       the bracket's first halving and never clears: no later round is judged on a removal.

@@ -12,8 +12,8 @@ so it takes the same path every run; both hung before the fix:
   at 3 waited for one capped at 2 (or at 3: a trial's last result goes to
   ``on_trial_complete``, never to ``on_trial_result``).
 
-The cases run in one child process (started through the ``spawn`` fixture, so it is killed
-even if a test fails), one Ray for all, each search in a thread given ``DEADLINE`` seconds:
+The cases run in one child process (tagged and killed with all it started, as the ``spawn``
+fixture does, and it shuts its Ray down itself: Ray's agents escape that kill), one Ray for all, each search in a thread given ``DEADLINE`` seconds:
 a search that hangs fails its test instead of blocking CI, and ends the child (a Tune run
 left hanging disturbs the next one), so the cases after it fail as not run.
 """

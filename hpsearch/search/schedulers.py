@@ -1,5 +1,8 @@
 """When a search stops a trial: ASHA on epochs (the default), ASHA across cross-validation
 folds, Hyperband, BOHB's Hyperband, or nothing (FIFO).
+
+Ray's Hyperband and BOHB are used through :class:`RoundsHyperBand` and :class:`RoundsBOHB`,
+which keep judging a bracket after its first round (see :class:`_EveryRound`).
 """
 
 from __future__ import annotations
@@ -7,7 +10,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler, TrialScheduler
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandForBOHB, HyperBandScheduler, TrialScheduler
 
 from hpsearch.errors import HpsearchError
 from hpsearch.search.folds import fold_rungs
@@ -58,6 +62,56 @@ class FoldASHAScheduler(ASHAScheduler):
         return TrialScheduler.CONTINUE
 
 
+class _EveryRound:
+    """Judge a Hyperband bracket whenever a round is done, however its last trial got there.
+
+    Ray (2.60) judges a bracket when a trial reaches the round's milestone, or when a trial
+    leaves it (ends on its own: its ``epochs`` cap, a diverged run, an error) through
+    ``on_trial_remove``. That second path skips two cases, and in both the trials paused at
+    the milestone wait forever, and so does the search ("No trial is running and no new trial
+    has been started"):
+
+    * the bracket is ``finished()`` (its last round: every remaining trial reached the last
+      milestone, which is below ``max_t`` unless ``max_t`` is the first milestone times a
+      power of ``reduction_factor``: 18 for 20 and 3, so they are paused, not done): nothing
+      stops the paused trials;
+    * ``bracket.is_being_processed``: a guard against judging again from inside a judgement
+      (stopping a paused loser calls ``on_trial_remove``; ray PR #36568), which Ray sets at
+      the bracket's first halving and never clears: no later round is judged on a removal.
+
+    Here the guard holds while a judgement runs only, a removal always judges, and a finished
+    bracket also stops the trials still saving their pause checkpoint (Ray stops only those
+    already ``PAUSED``).
+    """
+
+    def _process_bracket(self, tune_controller, bracket) -> str:
+        bracket.is_being_processed = True  # removals it causes (stopped losers) only leave the bracket
+        try:
+            if bracket.cur_iter_done() and bracket.finished():
+                for trial in bracket.current_trials():
+                    if trial.status == Trial.PAUSED or trial.is_saving:
+                        tune_controller.stop_trial(trial)
+                return TrialScheduler.STOP  # the trial that reported, if any, is done too
+            return super()._process_bracket(tune_controller, bracket)
+        finally:
+            bracket.is_being_processed = False
+
+    def on_trial_remove(self, tune_controller, trial) -> None:
+        bracket, _ = self._trial_info[trial]
+        bracket.cleanup_trial(trial)
+        if not bracket.is_being_processed:
+            self._process_bracket(tune_controller, bracket)
+
+
+class RoundsHyperBand(_EveryRound, HyperBandScheduler):
+    """Ray's ``HyperBandScheduler`` that does not hang when a trial ends between milestones."""
+
+
+class RoundsBOHB(_EveryRound, HyperBandForBOHB):
+    """Ray's ``HyperBandForBOHB`` judging a bracket as soon as a trial ending on its own
+    completes a round (Ray's own BOHB waits until no trial of the search runs at all)."""
+
+
 def scheduler_for(job, folds: int) -> TrialScheduler:
     """The job's scheduler on epochs, or on the fold-aware budget when it cross-validates."""
     cfg, search = job.scheduler, job.search
@@ -65,13 +119,10 @@ def scheduler_for(job, folds: int) -> TrialScheduler:
         raise HpsearchError(f"scheduler.type: {cfg.type} does not schedule folds; choose asha, or set "
                             "search.cross_validation: off")
     if cfg.type == "hyperband":
-        return HyperBandScheduler(time_attr="training_iteration", max_t=cfg.max_epochs,
-                                  reduction_factor=cfg.reduction_factor)
+        return RoundsHyperBand(time_attr="training_iteration", max_t=cfg.max_epochs,
+                               reduction_factor=cfg.reduction_factor)
     if cfg.type == "bohb":
-        from ray.tune.schedulers import HyperBandForBOHB
-
-        return HyperBandForBOHB(time_attr="training_iteration", max_t=cfg.max_epochs,
-                                reduction_factor=cfg.reduction_factor)
+        return RoundsBOHB(time_attr="training_iteration", max_t=cfg.max_epochs, reduction_factor=cfg.reduction_factor)
     if cfg.type == "asha" and folds == 1:
         return ASHAScheduler(time_attr="training_iteration", max_t=cfg.max_epochs,
                              grace_period=cfg.grace_period, reduction_factor=cfg.reduction_factor)

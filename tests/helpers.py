@@ -168,15 +168,19 @@ SPAWN_TAG = "HPSEARCH_TEST_SPAWN"
 
 
 def tagged_processes(tag: str) -> list[psutil.Process]:
-    """Live processes whose environment carries ``SPAWN_TAG=tag`` (see the ``spawn`` fixture)."""
-    found = []
+    """Live processes whose environment carries ``SPAWN_TAG=tag`` (see the ``spawn`` fixture),
+    and their descendants: Ray's agents (``ray::DashboardAgent``, ``ray::RuntimeEnvAgent``)
+    overwrite their environment when they rename themselves, so only their parent, a tagged
+    raylet, leads to them."""
+    found: dict[int, psutil.Process] = {}
     for proc in psutil.process_iter():
         try:
             if proc.status() != psutil.STATUS_ZOMBIE and proc.environ().get(SPAWN_TAG) == tag:
-                found.append(proc)
+                found[proc.pid] = proc
+                found.update((child.pid, child) for child in proc.children(recursive=True))
         except psutil.Error:  # gone, or another user's
             continue
-    return found
+    return list(found.values())
 
 
 def alive(procs: list[psutil.Process]) -> list[psutil.Process]:

@@ -103,3 +103,38 @@ def test_a_token_file_others_can_read_is_refused_before_ray_starts(spawn, tmp_pa
     assert returncode == 1
     assert f"HpsearchError: {token}: Ray token readable by other users (mode 644); `chmod 600 {token}`" in err
     assert not (tmp_path / "home" / ".ray").exists()
+
+
+def test_killing_a_spawned_tree_leaves_none_of_its_ray_processes(tmp_path):
+    # The `spawn` fixture finds what to kill by a tag in the environment; Ray's agents replace
+    # theirs when they rename themselves (`ray::DashboardAgent`), so only their tagged parent
+    # leads to them. Left behind, they ran on after pytest with no parent.
+    import time
+    import uuid
+
+    import psutil
+    from helpers import SPAWN_TAG, alive, kill_processes, tagged_processes
+
+    tag = uuid.uuid4().hex
+    script = ("import time, ray; ray.init(address='local', num_cpus=1, include_dashboard=False); "
+              "print('up', flush=True); time.sleep(600)")
+    tree: list[psutil.Process] = []
+    root = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, SPAWN_TAG: tag},
+                            stdout=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        assert root.stdout.readline().strip() == "up"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # the agents start in the background
+            tree = psutil.Process(root.pid).children(recursive=True)
+            if any("Agent" in " ".join(p.cmdline()) for p in alive(tree)):
+                break
+            time.sleep(0.5)
+        agents = [p for p in alive(tree) if "Agent" in " ".join(p.cmdline())]
+        assert agents, [" ".join(p.cmdline())[:80] for p in alive(tree)]
+        kill_processes(tagged_processes(tag))
+        assert not alive(tree), [" ".join(p.cmdline())[:80] for p in alive(tree)]
+    finally:  # also when an assertion failed: the tree as last seen, then the root
+        kill_processes(alive(tree))
+        root.kill()
+        root.wait()
+        root.stdout.close()

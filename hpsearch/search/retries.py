@@ -92,7 +92,7 @@ TUNE_TRIAL_TASK_FAILURE = TuneController._trial_task_failure
 
 def _trial_task_failure(controller, trial, exception):
     resetting = getattr(controller, "_resetting_trials", set())
-    if trial.status == Trial.PENDING and trial not in controller._trial_to_actor:
+    if trial.status == Trial.PENDING and trial not in getattr(controller, "_trial_to_actor", {trial: None}):
         # The same failure a second time: the actor manager calls the actor's error callback
         # (_actor_failed: RUNNING, failure handled, trial requeued) and then the reset task's,
         # which lands here for a trial already waiting for its retry. Ray ends it if let through.

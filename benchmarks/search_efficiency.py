@@ -16,7 +16,9 @@ table's own. Per strategy and table, over ``--seeds`` seeds:
 
 Outputs ``benchmarks/results/search_efficiency.{json,md,png}`` (the plot: median regret,
 table best minus best found, against compute), and keeps each finished search in
-``search_efficiency.progress.jsonl`` there, so an interrupted run goes on where it stopped.
+``search_efficiency.progress.jsonl`` there, so an interrupted run goes on where it stopped
+(keyed by table, strategy, overrides and time scale, not by hpsearch's code: delete the file
+after changing the searchers or schedulers).
 Run from the repository root:
 
     .venv/bin/python benchmarks/search_efficiency.py benchmarks/curves/lv-unet.npz benchmarks/curves/brats-unet.npz

@@ -13,9 +13,9 @@ so it takes the same path every run; both hung before the fix:
   ``on_trial_complete``, never to ``on_trial_result``).
 
 The cases run in one child process (tagged and killed with all it started, as the ``spawn``
-fixture does, and it shuts its Ray down itself: Ray's agents escape that kill), one Ray for all, each search in a thread given ``DEADLINE`` seconds:
-a search that hangs fails its test instead of blocking CI, and ends the child (a Tune run
-left hanging disturbs the next one), so the cases after it fail as not run.
+fixture does), one Ray for all, each search in a thread given ``DEADLINE`` seconds: a search
+that hangs fails its test instead of blocking CI, and ends the child (a Tune run left
+hanging disturbs the next one), so the cases after it fail as not run.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def _child(work: Path) -> None:
         print(json.dumps({"case": name, **(report if not thread.is_alive() else {"hung": True})}), flush=True)
         if thread.is_alive():
             break
-    ray.shutdown()  # also Ray's agents, which the fixture's kill misses (their environment is overwritten)
+    ray.shutdown()
     os._exit(0)     # not waiting for a hung search's thread
 
 
@@ -94,8 +94,8 @@ def reports(tmp_path_factory):
     tag = uuid.uuid4().hex
     try:
         proc = subprocess.Popen([sys.executable, __file__, str(tmp_path_factory.mktemp("hyperband"))],
-                                env={**os.environ, SPAWN_TAG: tag, "RAY_AIR_NEW_OUTPUT": "0"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
+                                env={**os.environ, SPAWN_TAG: tag, "RAY_AIR_NEW_OUTPUT": "0"},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             out, err = proc.communicate(timeout=RAY_START + DEADLINE * len(CASES))
         except subprocess.TimeoutExpired:

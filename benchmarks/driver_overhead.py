@@ -5,8 +5,8 @@ their results, so the driver (Ray Tune's loop, OptunaSearch, ASHA off, the real
 ``MLflowTracker`` into a real MLflow sqlite store) is the bottleneck and its cost shows:
 
 * driver CPU seconds per result (the process's CPU time over ``Tuner.fit``, divided by the
-  results), for the tracker sending every epoch at once (what ``hpsearch run`` does) and
-  batching a trial's epochs at most once a second (what replays do);
+  results), for the tracker sending every epoch at once and batching a trial's epochs at most
+  once a second and at each experiment snapshot (what ``hpsearch run`` and replays do);
 * the driver's resident memory, sampled every second: flat, or growing with results;
 * no result lost or duplicated: every child run's ``val_dice`` history holds each epoch its
   trial reported exactly once.

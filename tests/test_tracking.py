@@ -72,7 +72,8 @@ def store(tmp_path_factory) -> str:
 
 
 def tracker_for(uri: str, parent: str) -> MLflowTracker:
-    return MLflowTracker(uri, MlflowClient(uri).get_run(parent).info.experiment_id, parent)
+    # Every write at once (not hpsearch's 1 s batching), so a test can count what is queued.
+    return MLflowTracker(uri, MlflowClient(uri).get_run(parent).info.experiment_id, parent, send_interval_s=0)
 
 
 def children(client: MlflowClient, parent: str) -> dict[str, object]:
@@ -320,3 +321,44 @@ def test_batched_epochs_reach_mlflow_once_in_order(store):
     assert tracker.pending == 0
     assert sorted(steps(client, run) for run in runs) == [[1, 2, 3], [1, 2, 3, 4]]
     assert sorted(steps(client, run, "loss") for run in runs) == [[1, 2, 3], [1, 2, 3, 4]]
+
+
+class SnapshotCheck(tune.Callback):
+    """Placed after the tracker: at every experiment snapshot Tune saves, write down the epochs
+    the driver had received and those MLflow holds (a file: Tune may copy callbacks)."""
+
+    def __init__(self, uri: str, parent: str, out: Path):
+        self.uri, self.parent, self.out = uri, parent, out
+        self.received: dict[str, int] = {}
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.received[trial.trial_id] = max(self.received.get(trial.trial_id, 0), result["training_iteration"])
+
+    def get_state(self):
+        client = MlflowClient(self.uri)
+        runs = client.search_runs([client.get_run(self.parent).info.experiment_id],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{self.parent}'")
+        logged = {r.data.tags["hpsearch.trial_id"]: int(r.data.metrics.get("training_iteration", 0)) for r in runs}
+        with self.out.open("a") as f:
+            f.write(json.dumps({"received": self.received, "logged": logged}) + "\n")
+        return None
+
+
+def test_every_epoch_is_in_mlflow_before_an_experiment_snapshot_is_stored(store, tmp_path):
+    """Batched writes lose nothing on a killed driver: a restore starts each trial from the
+    snapshot's checkpoint, and the tracker sends its queue while Tune saves that snapshot."""
+    parent = start_search_run(store, "snapshots", run_name="search-s", params={}, tags={})
+    tracker = MLflowTracker(store, MlflowClient(store).get_run(parent).info.experiment_id, parent,
+                            send_interval_s=3600)  # nothing would be sent before a trial ends
+    check = SnapshotCheck(store, parent, tmp_path / "snapshots.jsonl")
+    run_config = tune.RunConfig(name="snapshots", storage_path=str(tmp_path / "ray"), verbose=0,
+                                callbacks=[tracker, check],
+                                checkpoint_config=tune.CheckpointConfig(num_to_keep=1))  # a snapshot per checkpoint
+    param_space = {"x": tune.grid_search([0, 1]), "epochs": 6, "sleep": 0.2}
+    tune.Tuner(trainable, param_space=param_space, run_config=run_config).fit()
+
+    snapshots = [json.loads(line) for line in (tmp_path / "snapshots.jsonl").read_text().splitlines()]
+    mid_trial = [s for s in snapshots if any(0 < epoch < 6 for epoch in s["received"].values())]
+    assert mid_trial, snapshots  # Tune saved snapshots while trials trained
+    for snapshot in snapshots:
+        assert all(snapshot["logged"].get(tid, 0) >= epoch for tid, epoch in snapshot["received"].items()), snapshot

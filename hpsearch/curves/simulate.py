@@ -88,8 +88,7 @@ def replay_search(table: CurveTable, job, space: dict[str, Any], *, storage: Pat
         time_scale: Seconds slept per recorded second of an epoch.
         echo: Where :class:`~hpsearch.search.progress.SearchProgress` writes (None: no progress).
         send_interval_s: The tracker sends each trial's queued epochs together at most this
-            often (one ``log_batch`` each): a replay needs no durability against a killed driver,
-            and a write per epoch would make MLflow most of its cost.
+            often (one ``log_batch`` each), as in ``hpsearch run``; 0: a write per epoch.
         study: Where the searcher keeps its Optuna study (``storage``, ``study_name``), as
             :func:`~hpsearch.search.tuner.build_tuner` takes it: a study that already holds
             trials warm-starts the search (what ``search.warm_start`` does for ``hpsearch run``).

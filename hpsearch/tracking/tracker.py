@@ -104,11 +104,12 @@ class MLflowTracker(Callback):
             send (a trial's start and end go at once; Tune's loop drains the queue after every
             step). One ``log_batch`` then carries every queued epoch of a trial: a sqlite
             ``log_batch`` costs the driver ~20 ms of CPU whatever its size, which at one call
-            per epoch made MLflow the driver's largest cost when epochs are short. 0 (what
-            ``hpsearch run`` uses) sends every write at once: Ray may record an epoch's
-            checkpoint as durable right after its result, so a driver killed with epochs still
-            queued would lose them from MLflow for good. Learning-curve replays, which need no
-            such durability, batch (:mod:`hpsearch.curves.simulate`).
+            per epoch made MLflow the driver's largest cost when epochs are short (one second
+            keeps MLflow's UI and the dashboard current). 0 sends every write at once. Waiting loses nothing on a killed driver: Tune asks every
+            callback for its state (:meth:`get_state`) while it saves an experiment snapshot,
+            before the snapshot reaches storage, and the tracker sends its queue then. A
+            restored search resumes its trials from the snapshot's checkpoints, so every epoch
+            it does not train again is in MLflow.
 
     Tune pickles callbacks into ``tuner.pkl`` and ``Tuner.restore`` uses those copies: only
     the arguments are pickled; all other state is read back from MLflow.
@@ -118,7 +119,7 @@ class MLflowTracker(Callback):
                  metric: str = "val_dice", mode: str = "max",
                  metric_keys: Callable[[str], bool] | None = None, max_epochs: int | None = None,
                  http_retries: int = 1, http_timeout_s: int = 10, end_flush_s: float = 30.0,
-                 send_interval_s: float = 0.0):
+                 send_interval_s: float = 1.0):
         if not (tracking_uri and experiment_id and parent_run_id):
             raise ValueError("tracking_uri, experiment_id and parent_run_id are required")
         self._args = {k: v for k, v in locals().items() if k != "self"}
@@ -135,12 +136,27 @@ class MLflowTracker(Callback):
         self._run_ids, self._hwm, self._queued, self._outcome = {}, {}, {}, {}
         self._nonfinite: dict[str, set[str]] = collections.defaultdict(set)
         self._nodes: dict[str, list[str]] = collections.defaultdict(list)  # Ray nodes, in order
+        # Child runs an earlier driver created, by trial id, read once in setup(); None: not read
+        # (or an outage since, when a create_run whose response was lost may have stored a run).
+        self._earlier: dict[str, Any] | None = None
         # Trial ids with a queued start, whose run this process ended, that Tune stopped.
         self._started, self._closed, self._done_by_tune = set(), set(), set()
         self._outage = False
 
     def __getstate__(self) -> dict:
         return dict(self._args)  # no client, no queue: MLflow holds the state
+
+    def get_state(self) -> None:
+        """Send the queue: Tune calls this while it saves an experiment snapshot.
+
+        Ray writes the snapshot (each trial's latest checkpoint) to its driver staging folder,
+        then the searcher's and the callbacks' state, and only then syncs it to storage, where
+        ``Tuner.restore`` reads it (``TuneController.save_to_dir``, ``sync_up_experiment_state``).
+        So every epoch up to a checkpoint a restore would start from reaches MLflow first (or
+        stays queued through an outage, as any write does). No state of its own: None.
+        """
+        self._drain()
+        return None
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(**state)
@@ -154,6 +170,7 @@ class MLflowTracker(Callback):
 
     def setup(self, **info):
         self._guarded(self._client.set_tag, self.parent_run_id, STATUS_TAG, SearchStatus.RUNNING.value)
+        self._guarded(self._read_earlier_runs)
 
     def on_step_end(self, iteration, trials, **info):
         if self._pending and time.monotonic() - self._last_send >= self._send_interval_s:
@@ -278,6 +295,7 @@ class MLflowTracker(Callback):
                 if isinstance(exc, OSError) or (isinstance(exc, MlflowException)
                                                 and exc.error_code not in _PERMANENT):
                     self._hwm.pop(op.trial_id, None)  # a lost response may have stored it
+                    self._earlier = None  # ... or created a run: look runs up by trial id again
                     if not self._outage:
                         self._outage = True
                         _LOG.warning("MLflow at %s unavailable, queueing results: %s",
@@ -319,10 +337,8 @@ class MLflowTracker(Callback):
             raise MlflowException(f"no MLflow run for trial {tid}", error_code="RESOURCE_DOES_NOT_EXIST")
         tags = [RunTag(k, v[:MAX_TAG_LENGTH]) for k, v in op.tags.items()]
         if op.kind == "metrics":
-            if tid not in self._hwm:
-                run = client.get_run(run_id)
-                self._hwm[tid] = int(run.data.metrics.get(STEP_METRIC, 0))
-                self._nonfinite[tid].update(filter(None, run.data.tags.get(NONFINITE_TAG, "").split(",")))
+            if tid not in self._hwm:  # forgotten in an outage: ask MLflow again
+                self._note_logged(tid, client.get_run(run_id))
             epochs, step = [], self._hwm[tid]
             for epoch in (op, *more):  # skip what an earlier driver logged, or before a lost response
                 if epoch.step > step:
@@ -349,8 +365,12 @@ class MLflowTracker(Callback):
         if tid in self._run_ids and tid not in self._closed:
             return
         # A new driver (Tuner.restore) finds and continues the run an earlier one created.
-        runs = [client.get_run(self._run_ids[tid])] if tid in self._run_ids else client.search_runs(
-            [self.experiment_id], max_results=1, filter_string=(
+        if tid in self._run_ids:
+            runs = [client.get_run(self._run_ids[tid])]
+        elif self._earlier is not None:
+            runs = [self._earlier.pop(tid)] if tid in self._earlier else []
+        else:
+            runs = client.search_runs([self.experiment_id], max_results=1, filter_string=(
                 f"tags.`{TRIAL_TAG}` = '{tid}' and tags.`{PARENT_TAG}` = '{self.parent_run_id}'"))
         if not runs:
             n = tid.rsplit("_", 1)[-1]  # Tune's trial ids are <experiment hash>_<counter>
@@ -363,6 +383,19 @@ class MLflowTracker(Callback):
         log_params(client, run.info.run_id, {k: v for k, v in op.tags.items() if k not in run.data.params})
         self._run_ids[tid] = run.info.run_id
         self._closed.discard(tid)
+        self._note_logged(tid, run)
+
+    def _note_logged(self, tid: str, run) -> None:
+        """What the trial's run holds already: its high-water mark and non-finite metric keys."""
+        self._hwm[tid] = int(run.data.metrics.get(STEP_METRIC, 0))
+        self._nonfinite[tid].update(filter(None, run.data.tags.get(NONFINITE_TAG, "").split(",")))
+
+    def _read_earlier_runs(self) -> None:
+        """The child runs of this search in MLflow, by trial id: one query in setup instead
+        of one per trial start (a sqlite tag search costs more as a search grows)."""
+        runs = self._client.search_runs([self.experiment_id], max_results=MAX_TRIALS, filter_string=(
+            f"tags.`{PARENT_TAG}` = '{self.parent_run_id}'"))
+        self._earlier = {tid: run for run in runs if (tid := run.data.tags.get(TRIAL_TAG))}
 
     def _statuses(self) -> dict[str | None, str | None]:
         """Trial id -> ``hpsearch.status`` of every child run, this process's view first."""

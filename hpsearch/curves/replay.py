@@ -35,6 +35,7 @@ from hpsearch.curves.table import CurveTable
 from hpsearch.errors import HpsearchError
 from hpsearch.failures import NAN
 from hpsearch.outcome import ERROR_KEY, FAILURE_KEY
+from hpsearch.search.checkpointing import CheckpointClock
 
 STATE_FILE = "replay.json"
 SIMULATED_KEY = "simulated_seconds"  # the trial's recorded seconds so far (not slept ones)
@@ -52,14 +53,20 @@ class ReplayTrainable(tune.Trainable):
             job's ``params.epochs``; default ``max_epochs``).
         metric, mode: The search metric (``val_dice`` or ``val_loss``) for ``best_<metric>``.
         time_scale: Seconds slept per recorded second of an epoch (0: no sleep).
+        checkpoint_interval_s: Recorded training seconds between checkpoints, so a replayed
+            trial saves them when the recorded one would have
+            (:class:`~hpsearch.search.checkpointing.CheckpointClock`).
     """
 
     def setup(self, config: dict[str, Any], *, table: CurveTable, max_epochs: int, epochs: int | None = None,
-              metric: str = "val_dice", mode: str = "max", time_scale: float = 0.0) -> None:
+              metric: str = "val_dice", mode: str = "max", time_scale: float = 0.0,
+              checkpoint_interval_s: float = 0.0) -> None:
         check_replayable(table, max_epochs, metric)
         self._table, self._max_epochs, self._default_epochs = table, max_epochs, epochs or max_epochs
         self._metric, self._mode, self._time_scale = metric, mode, time_scale
         self._node = ray.get_runtime_context().get_node_id()
+        self._simulated = 0.0
+        self._clock = CheckpointClock(checkpoint_interval_s, now=lambda: self._simulated)
         self._build(config)
 
     def _build(self, config: dict[str, Any]) -> None:
@@ -68,6 +75,7 @@ class ReplayTrainable(tune.Trainable):
         self._cap = min(int(config.get("epochs", self._default_epochs)), self._max_epochs)
         self._curve = self._table.curve(self._row, self._cap)
         self._epoch, self._simulated = 0, 0.0
+        self._clock.restart()
         self._best = -math.inf if self._mode == "max" else math.inf
 
     def step(self) -> dict[str, Any]:
@@ -90,7 +98,7 @@ class ReplayTrainable(tune.Trainable):
         return self._result(self._epoch - 1)
 
     def _result(self, index: int) -> dict[str, Any]:
-        return {
+        return self._clock.mark({
             "epoch": index + 1,
             "val_dice": float(self._curve["val_dice"][index]),
             "val_loss": float(self._curve["val_loss"][index]),
@@ -101,9 +109,10 @@ class ReplayTrainable(tune.Trainable):
             "node_id": self._node,
             "epoch_cap": self._cap,
             "done": index + 1 >= self._cap,
-        }
+        })
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
+        self._clock.restart()
         state = {"row": self._row, "epoch": self._epoch, "best": self._best, "simulated": self._simulated}
         (Path(checkpoint_dir) / STATE_FILE).write_text(json.dumps(state))
 
@@ -113,6 +122,7 @@ class ReplayTrainable(tune.Trainable):
             raise HpsearchError(f"{checkpoint}: replayed row {state['row']} but table {self._table.name} now "
                                 f"answers row {self._row}; resume with the table the search started with")
         self._epoch, self._best, self._simulated = state["epoch"], state["best"], state["simulated"]
+        self._clock.restart()
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:
         self._build(new_config)
@@ -143,5 +153,6 @@ def replay_trainable(table: CurveTable, job, *, time_scale: float = 0.0) -> Call
     check_replayable(table, job.scheduler.max_epochs, job.search.metric)
     bound = tune.with_parameters(
         ReplayTrainable, table=table, max_epochs=job.scheduler.max_epochs,
-        epochs=job.params.get("epochs"), metric=job.search.metric, mode=job.search.mode, time_scale=time_scale)
+        epochs=job.params.get("epochs"), metric=job.search.metric, mode=job.search.mode, time_scale=time_scale,
+        checkpoint_interval_s=job.storage.checkpoint_interval_s)
     return tune.with_resources(bound, {"cpu": job.resources.cpus_per_trial, "gpu": job.resources.gpus_per_trial})

@@ -140,10 +140,15 @@ class StorageConfig(_Section):
         EFS mount, or a single machine). A folder not marked shared is refused on a
         multi-node cluster: a trial moved to another node could not reach its
         checkpoints.
+    checkpoint_interval_s: A trial saves a checkpoint once its last one is this many seconds
+        of training old, and when it ends; a lost node or killed driver costs it at most
+        that much training. 0: after every epoch (more driver work and disk writes,
+        :mod:`hpsearch.search.checkpointing`).
     """
 
     path: str = Field("results", min_length=1)
     shared: bool = False
+    checkpoint_interval_s: float = Field(30.0, ge=0.0, le=86_400)
 
     @model_validator(mode="before")
     @classmethod

@@ -56,8 +56,8 @@ def init_ray(address: str | None) -> None:
     Raises:
         HpsearchError: The token file configured for the local Ray is readable by others.
     """
-    # Checkpointing every epoch with num_to_keep=2 is deliberate (see tuner.py); Ray's
-    # "snapshotting may become a bottleneck" warning about it is noise at these sizes.
+    # With storage.checkpoint_interval_s: 0 (a checkpoint per epoch, num_to_keep=2; see
+    # tuner.py) Ray's "snapshotting may become a bottleneck" warning is expected, not news.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if ray.is_initialized():
         return

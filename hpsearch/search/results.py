@@ -41,7 +41,8 @@ def summarise(result_grid, metric: str, mode: str) -> list[TrialSummary]:
     ``metric`` is the search's objective: on one split, a trial's value is its best epoch's;
     across folds (``cv_<metric>``, :mod:`hpsearch.search.folds`) it is the mean over the
     folds it completed, and trials with more folds rank first (a mean over five folds is
-    not beaten by one lucky fold), its checkpoint the latest (it holds every fold's model).
+    not beaten by one lucky fold). A trial's checkpoint is its latest: it holds the best
+    epoch's weights (and every finished fold's model).
     """
     rows = []
     for result in result_grid:
@@ -64,7 +65,7 @@ def summarise(result_grid, metric: str, mode: str) -> list[TrialSummary]:
                                 failed=result.error is not None or bool(last.get(FAILURE_KEY)))
         checkpoint = ""
         if status.scored:
-            checkpoint = _best_checkpoint(result, metric, mode) if "cv_folds" not in last else _latest(result)
+            checkpoint = _latest(result)
         rows.append(
             TrialSummary(
                 trial_id=str(last.get("trial_id", Path(result.path).name.removeprefix("trial_"))),
@@ -141,16 +142,9 @@ def _history(frame) -> list[dict[str, float]]:
     ]
 
 
-def _best_checkpoint(result, metric: str, mode: str) -> str:
-    scored = [(c, m.get(metric)) for c, m in (result.best_checkpoints or []) if m.get(metric) is not None]
-    scored = [(c, v) for c, v in scored if math.isfinite(v)]
-    if not scored:
-        return result.checkpoint.path if result.checkpoint else ""
-    pick = max if mode == "max" else min
-    return pick(scored, key=lambda item: item[1])[0].path
-
-
 def _latest(result) -> str:
+    # The latest checkpoint is the one to export: the trainer saves its best epoch's weights
+    # in every checkpoint (Trainer.save), and a cross-validated trial's every finished fold.
     return result.checkpoint.path if result.checkpoint else ""
 
 

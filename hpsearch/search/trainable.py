@@ -31,6 +31,7 @@ from hpsearch.failures import RECURRING, failure_kind
 from hpsearch.models.footprint import check_fits
 from hpsearch.outcome import ERROR_KEY, FAILURE_KEY
 from hpsearch.runtime import RuntimeConfig, configure_tensorflow, trial_memory_bytes
+from hpsearch.search.checkpointing import CheckpointClock
 from hpsearch.search.folds import FOLDS_FILE, FoldProgress, fold_dir, objective_name
 from hpsearch.space import split_config
 
@@ -50,6 +51,7 @@ class SegmentationTrainable(tune.Trainable):
             trial's CPUs.
         max_epochs: Epoch cap of the search (``scheduler.max_epochs``).
         metric, mode: The search metric; the trainer keeps its best epoch by it.
+        checkpoint_interval_s: Training seconds between checkpoints (:class:`CheckpointClock`).
 
     A failure that would only happen again (diverged loss, out of memory, a configuration
     that cannot be built) is reported as the trial's last result (``hpsearch_failure``) and
@@ -70,6 +72,7 @@ class SegmentationTrainable(tune.Trainable):
         max_epochs: int,
         metric: str = "val_dice",
         mode: str = "max",
+        checkpoint_interval_s: float = 0.0,
     ) -> None:
         resources = self.trial_resources.required_resources if self.trial_resources else {}
         self._runtime = RuntimeConfig(**{**runtime, "intra_op_threads": max(1, round(resources.get("CPU", 1)))})
@@ -78,11 +81,13 @@ class SegmentationTrainable(tune.Trainable):
         self._data, self._model, self._base, self._augment = list(data), model, base_params, augment or {}
         self._max_epochs, self._metric, self._mode = max_epochs, metric, mode
         self._folds_tmp: Path | None = None
+        self._clock = CheckpointClock(checkpoint_interval_s)
         self._build(config)
 
     def _build(self, config: dict[str, Any]) -> None:
         # A new trial (setup, or reset_config in a reused actor) starts at fold 0.
         self._config = config
+        self._clock.restart()
         self._clear_folds()
         self._progress = FoldProgress(len(self._data), self._max_epochs) if len(self._data) > 1 else None
         self._build_fold(0)
@@ -144,12 +149,12 @@ class SegmentationTrainable(tune.Trainable):
         if progress is None:
             # A sampled `epochs` below the search's cap ends the trial there.
             result["done"] = self.trainer.epoch >= self._epoch_cap
-            return result
+            return self._clock.mark(result)
         result.update({f"fold{self._fold}/{key}": result[key] for key in _PER_FOLD if key in result})
         result.update(progress.report(self._metric, self._fold, self.trainer.epoch, result[self._metric]))
         result[f"best_{objective_name(self._metric, progress.num_folds)}"] = progress.mean if progress.done else math.nan
         result["done"] = progress.finished
-        return result
+        return self._clock.mark(result)
 
     def _trial_cap(self) -> int:
         """Epochs of a complete trial: its epochs, times the folds when it cross-validates."""
@@ -168,6 +173,7 @@ class SegmentationTrainable(tune.Trainable):
         return trial_memory_bytes(self._runtime, self._runtime.intra_op_threads, self._gpus)
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
+        self._clock.restart()
         if self.trainer is not None:  # None: the configuration could not be built
             self.trainer.save(checkpoint_dir)
         if self._progress is None:
@@ -180,6 +186,7 @@ class SegmentationTrainable(tune.Trainable):
         (Path(checkpoint_dir) / FOLDS_FILE).write_text(json.dumps(state, indent=2))
 
     def load_checkpoint(self, checkpoint: str) -> None:
+        self._clock.restart()
         folds_file = Path(checkpoint) / FOLDS_FILE
         if self._progress is None or not folds_file.is_file():
             self.trainer.restore(checkpoint)

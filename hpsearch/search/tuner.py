@@ -83,12 +83,13 @@ def build_tuner(
             verbose=0,
             checkpoint_config=tune.CheckpointConfig(
                 # Two, not one: Ray has let experiment state point at a just-deleted
-                # checkpoint (ray#30073). Across folds the latest is the one to keep: it
-                # holds every finished fold's model.
+                # checkpoint (ray#30073). Ray always keeps the latest, and the latest is the
+                # one to export: it holds the best epoch's weights and every finished fold.
                 num_to_keep=2,
-                checkpoint_score_attribute=search.metric if folds == 1 else None,
-                checkpoint_score_order=search.mode,
-                checkpoint_frequency=1,
+                # When: the trainable asks (CheckpointClock, storage.checkpoint_interval_s),
+                # and at the end of every trial, also one ASHA stopped.
+                checkpoint_frequency=0,
+                checkpoint_at_end=True,
             ),
             failure_config=tune.FailureConfig(max_failures=search.max_failures),
         ),
@@ -107,6 +108,7 @@ def trainable_for(job, data: list[PreparedData]) -> Callable:
         max_epochs=job.scheduler.max_epochs,
         metric=job.search.metric,
         mode=job.search.mode,
+        checkpoint_interval_s=job.storage.checkpoint_interval_s,
     )
     resources = {"cpu": job.resources.cpus_per_trial, "gpu": job.resources.gpus_per_trial}
     return tune.with_resources(bound, resources)

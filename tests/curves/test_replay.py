@@ -166,3 +166,48 @@ def test_optuna_is_told_how_a_trial_ended(prune_stopped, last, state):
     (trial,) = searcher._ot_study.get_trials()
     assert trial.state == state
     assert sorted(trial.intermediate_values) == list(range(1, last["training_iteration"] + 1))
+
+
+class CheckpointLog(tune.Callback):
+    """Each checkpoint Tune registers: trial id and epoch, appended to a file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        with self.path.open("a") as out:
+            out.write(f"{trial.trial_id} {trial.last_result['training_iteration']}\n")
+
+
+def _due_epochs(seconds: list[float], interval: float, epochs_run: int) -> list[int]:
+    """Where CheckpointClock should save: once `interval` recorded seconds passed, and at the end."""
+    due, since = [], 0.0
+    for epoch, spent in enumerate(seconds[:epochs_run], start=1):
+        since += spent
+        if since >= interval:
+            due.append(epoch)
+            since = 0.0
+    return due if due[-1:] == [epochs_run] else [*due, epochs_run]
+
+
+@pytest.mark.parametrize("interval", [0.0, 15.0, 86_400.0])  # every epoch, every 2nd (~9 s epochs), at the end
+def test_trials_checkpoint_after_their_training_interval_and_when_they_end(local_ray, tmp_path, table, interval):
+    job = _job(f"storage.checkpoint_interval_s={interval}", "search.max_concurrent=1")
+    log = tmp_path / "checkpoints.txt"
+    tuner = build_tuner(job, parse_space(SPACE, "unet", "space.yaml"), None, name="checkpoints",
+                        storage=str(tmp_path / "ray"), callbacks=[CheckpointLog(log)],
+                        trainable=replay_trainable(table, job, time_scale=0.001))
+    grid = tuner.fit()
+    saved: dict[str, list[int]] = {}
+    for line in log.read_text().splitlines():
+        trial_id, epoch = line.split()
+        saved.setdefault(trial_id, []).append(int(epoch))
+    stopped = 0
+    for result in grid:
+        last = result.metrics
+        epochs_run, row = last["training_iteration"], table.nearest(result.config)
+        stopped += epochs_run < last["epoch_cap"] and "hpsearch_failure" not in last  # ASHA's: saved at its stop
+        expected = _due_epochs(table.epoch_seconds[row].tolist(), interval, epochs_run)
+        assert saved[last["trial_id"]] == expected, (interval, result.config)
+        assert result.checkpoint is not None  # the latest, which export takes
+    assert stopped  # the test means something only if ASHA stopped a trial

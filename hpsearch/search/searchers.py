@@ -65,13 +65,33 @@ class StudySearch(OptunaSearch):
       (fewer epochs than its ``epoch_cap``, no failure) is told ``PRUNED``: TPE then ranks it
       by how far it got and by its intermediate values, below every trial that finished,
       instead of taking its last early value as final.
+    * A trial the study has finished already is left alone. A search resumed after its driver
+      was killed starts from Ray's last experiment snapshot, taken at most every few seconds
+      (a trial checkpoints by time, :mod:`hpsearch.search.checkpointing`); a trial that ended
+      after it runs again, but the study lives in a journal file that is never rolled back,
+      and Optuna refuses any update of a finished trial.
     """
 
     def __init__(self, *args, prune_stopped: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self._prune_stopped = prune_stopped
 
+    def _finished_in_study(self, trial_id: str) -> bool:
+        trial = self._ot_trials.get(trial_id)
+        if trial is None or trial_id in self._completed_trials:
+            return False
+        if trial.storage.get_trial(trial._trial_id).state.is_finished():
+            self._completed_trials.add(trial_id)
+            return True
+        return False
+
+    def on_trial_result(self, trial_id: str, result: dict):
+        if not self._finished_in_study(trial_id):
+            super().on_trial_result(trial_id, result)
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        if self._finished_in_study(trial_id):
+            return
         trial = self._ot_trials.get(trial_id)
         if error or not result or trial is None or trial_id in self._completed_trials or isinstance(self.metric, list):
             return super().on_trial_complete(trial_id, result, error)

@@ -67,9 +67,11 @@ def two_nodes(cluster) -> dict[str, str]:
 
 
 def test_submitted_search_spreads_over_both_nodes_and_survives_losing_one(cluster, two_nodes, lv_small):
-    # No early stopping here: a CI run (2026-12-07) picked the victim at 2 epochs, ASHA's first
-    # rung, and ASHA stopped it there just as its raylet was killed, so it never moved.
-    job_id = _submit(cluster, lv_small, "node-loss", "--set", "scheduler.type=none")
+    # No early stopping, and epochs of about a second (96x96 slices): CI runs (2026-12-07) saw the
+    # victim stopped by ASHA at its first rung, and finished (32x32 epochs take a tenth of a
+    # second) before its raylet was killed, so it never moved.
+    job_id = _submit(cluster, lv_small, "node-loss", "--set", "scheduler.type=none",
+                     "--set", "dataset.image_size=[96,96]")
     client = mlflow.MlflowClient(cluster.mlflow_uri)
 
     def trial_on_worker_mid_training():

@@ -66,8 +66,8 @@ class StudySearch(OptunaSearch):
       by how far it got and by its intermediate values, below every trial that finished,
       instead of taking its last early value as final.
     * A trial the study has finished already is left alone. A search resumed after its driver
-      was killed starts from Ray's last experiment snapshot, taken at most every few seconds
-      (a trial checkpoints by time, :mod:`hpsearch.search.checkpointing`); a trial that ended
+      was killed starts from Ray's last experiment snapshot, taken every 10 s or more (trials
+      checkpoint by time, :mod:`hpsearch.search.checkpointing`); a trial that ended
       after it runs again, but the study lives in a journal file that is never rolled back,
       and Optuna refuses any update of a finished trial.
     """

@@ -105,11 +105,12 @@ class MLflowTracker(Callback):
             step). One ``log_batch`` then carries every queued epoch of a trial: a sqlite
             ``log_batch`` costs the driver ~20 ms of CPU whatever its size, which at one call
             per epoch made MLflow the driver's largest cost when epochs are short (one second
-            keeps MLflow's UI and the dashboard current). 0 sends every write at once. Waiting loses nothing on a killed driver: Tune asks every
-            callback for its state (:meth:`get_state`) while it saves an experiment snapshot,
-            before the snapshot reaches storage, and the tracker sends its queue then. A
-            restored search resumes its trials from the snapshot's checkpoints, so every epoch
-            it does not train again is in MLflow.
+            keeps MLflow's UI and the dashboard current). 0 sends every write at once.
+            Waiting loses nothing on a killed driver: Tune asks every callback for its state
+            (:meth:`get_state`) while it saves an experiment snapshot, before the snapshot
+            reaches storage, and the tracker sends its queue then. A restored search resumes
+            its trials from the snapshot's checkpoints, so every epoch it does not train again
+            is in MLflow.
 
     Tune pickles callbacks into ``tuner.pkl`` and ``Tuner.restore`` uses those copies: only
     the arguments are pickled; all other state is read back from MLflow.
@@ -146,6 +147,9 @@ class MLflowTracker(Callback):
     def __getstate__(self) -> dict:
         return dict(self._args)  # no client, no queue: MLflow holds the state
 
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)
+
     def get_state(self) -> None:
         """Send the queue: Tune calls this while it saves an experiment snapshot.
 
@@ -157,9 +161,6 @@ class MLflowTracker(Callback):
         """
         self._drain()
         return None
-
-    def __setstate__(self, state: dict) -> None:
-        self.__init__(**state)
 
     @property
     def pending(self) -> int:

@@ -22,6 +22,7 @@ from pathlib import Path
 import mlflow
 import psutil
 import pytest
+import yaml
 from helpers import kill_processes
 from ray.job_submission import JobSubmissionClient
 
@@ -66,21 +67,26 @@ def two_nodes(cluster) -> dict[str, str]:
             "worker": next(n["node_id"] for n in nodes if not n["head"])}
 
 
-def test_submitted_search_spreads_over_both_nodes_and_survives_losing_one(cluster, two_nodes, lv_small):
-    # No early stopping, and epochs of about a second (96x96 slices): CI runs (2026-12-07) saw the
-    # victim stopped by ASHA at its first rung, and finished (32x32 epochs take a tenth of a
-    # second) before its raylet was killed, so it never moved.
-    job_id = _submit(cluster, lv_small, "node-loss", "--set", "scheduler.type=none",
-                     "--set", "dataset.image_size=[96,96]")
+def test_submitted_search_spreads_over_both_nodes_and_survives_losing_one(cluster, two_nodes, lv_small, tmp_path):
+    # Trials of 12 epochs of about a second each (96x96 slices, `epochs` not sampled), no early
+    # stopping: CI runs (2026-12-07) saw the victim stopped by ASHA at its first rung, and
+    # finished before its raylet was killed (32x32 epochs take a tenth of a second, and MLflow
+    # lags a trial by the tracker's 1 s batching), so it never moved.
+    epochs = 12
+    space = {k: v for k, v in yaml.safe_load((REPO / "search_spaces" / "unet.yaml").read_text()).items()
+             if k != "epochs"}
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    job = {**yaml.safe_load((REPO / "jobs" / "demo.yaml").read_text()), "search_space": str(tmp_path / "space.yaml")}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    job_id = _submit(cluster, lv_small, "node-loss", "--set", "scheduler.type=none", "--set",
+                     f"scheduler.max_epochs={epochs}", "--set", "dataset.image_size=[96,96]",
+                     "--working-dir", str(tmp_path), job=tmp_path / "job.yaml")
     client = mlflow.MlflowClient(cluster.mlflow_uri)
 
     def trial_on_worker_mid_training():
-        # At least 3 epochs still to go when it is picked: MLflow lags the trial by up to a
-        # second (the tracker batches), more on a loaded machine, and the kill must find it training.
         for run in _children(client, "node-loss"):
-            cap = min(int(run.data.params.get("epochs", 6)), 6)
             if (run.data.tags.get("hpsearch.node_id") == two_nodes["worker"] and run.info.status == "RUNNING"
-                    and 1 <= len(_steps(client, run)) <= cap - 3):
+                    and 1 <= len(_steps(client, run)) <= epochs - 4):
                 return run
         return None
 
@@ -201,8 +207,8 @@ def _sets(cluster: LocalCluster, data: Path, experiment: str) -> list[str]:
     return [word for value in values for word in ("--set", value)]
 
 
-def _submit(cluster: LocalCluster, data: Path, experiment: str, *extra: str) -> str:
-    done = _cli(["submit", "jobs/demo.yaml", *_sets(cluster, data, experiment), *extra], cluster)
+def _submit(cluster: LocalCluster, data: Path, experiment: str, *extra: str, job: Path | str = "jobs/demo.yaml") -> str:
+    done = _cli(["submit", str(job), *_sets(cluster, data, experiment), *extra], cluster)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 

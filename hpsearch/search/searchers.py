@@ -86,8 +86,10 @@ class StudySearch(OptunaSearch):
         return False
 
     def on_trial_result(self, trial_id: str, result: dict):
-        if not self._finished_in_study(trial_id):
+        try:  # no study read per result: only a rerun trial's report is refused
             super().on_trial_result(trial_id, result)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self._completed_trials.add(trial_id)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         if self._finished_in_study(trial_id):

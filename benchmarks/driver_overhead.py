@@ -101,6 +101,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=1000)
     parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--send-intervals", type=lambda text: [float(x) for x in text.split(",")], default=[0.0, 1.0],
+                        help="tracker send intervals to measure, comma-separated seconds (default: 0,1)")
     parser.add_argument("--smoke-test", action="store_true")
     args = parser.parse_args()
     if args.smoke_test:
@@ -116,7 +118,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="driver-overhead-"))
     init_ray(None)
     try:
-        rows = [measure(args.trials, args.epochs, interval, work) for interval in (0.0, 1.0)]
+        rows = [measure(args.trials, args.epochs, interval, work) for interval in args.send_intervals]
     finally:
         ray.shutdown()
         shutil.rmtree(work, ignore_errors=True)

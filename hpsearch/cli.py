@@ -167,7 +167,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from hpsearch.trainer import Trainer
 
     trainer = Trainer(data, job.model, job.params_for(data.info), seed=runtime.seed, augment=job.augment,
-                      workers=runtime.loader_workers)
+                      workers=runtime.loader_workers, fidelity=job.scheduler.fidelity)
     shown = ", ".join(f"{k}={v}" for k, v in trainer.params.model_dump().items())
     print(f"train: {trainer.model_name} ({trainer.model.count_params():,} weights) with {shown}", flush=True)
     try:

@@ -28,6 +28,7 @@ from hpsearch.data.augment import AugmentConfig
 from hpsearch.data.loader import PatchLoader
 from hpsearch.data.preprocess import PreparedData
 from hpsearch.data.volume_data import VolumeData, load_volume_data
+from hpsearch.fidelity import case_subset, downsample
 from hpsearch.metrics import DiceMetric, SegmentationScores
 from hpsearch.segment import case_logits, keras_logits
 
@@ -39,9 +40,10 @@ class _Batches(keras.utils.PyDataset):
     the whole training set every epoch.
     """
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, order: np.ndarray):
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, order: np.ndarray,
+                 size: tuple[int, int] | None = None):
         super().__init__()
-        self.x, self.y, self.batch_size, self.order = x, y, batch_size, order
+        self.x, self.y, self.batch_size, self.order, self.size = x, y, batch_size, order, size
 
     def __len__(self) -> int:
         return math.ceil(len(self.order) / self.batch_size)
@@ -49,7 +51,8 @@ class _Batches(keras.utils.PyDataset):
     def __getitem__(self, index: int):
         # Sorted within a batch: memory-mapped reads go forward through the file.
         rows = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
-        return np.asarray(self.x[rows]), np.asarray(self.y[rows])
+        x, y = np.asarray(self.x[rows]), np.asarray(self.y[rows])
+        return downsample(x, y, self.size) if self.size is not None else (x, y)
 
 
 class SliceFeed:
@@ -62,10 +65,18 @@ class SliceFeed:
     def info(self) -> dict[str, Any]:
         return self.data.info
 
-    def epoch(self, epoch: int, batch_size: int) -> tuple[Iterable, int | None]:
-        """The batches of one epoch, and how many steps they make (None: the dataset says)."""
-        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.data.train_x))
-        return _Batches(self.data.train_x, self.data.train_y, batch_size, order), None
+    def epoch(self, epoch: int, batch_size: int, *, case_fraction: float = 1.0,
+              size: tuple[int, int] | None = None) -> tuple[Iterable, int | None]:
+        """The batches of one epoch, and how many steps they make (None: the dataset says).
+
+        A low-fidelity epoch (:mod:`hpsearch.fidelity`) trains on the slices of a seeded
+        ``case_fraction`` of the training cases, down-sampled to ``size``.
+        """
+        rows = np.arange(len(self.data.train_x))
+        if case_fraction < 1:
+            rows = case_subset(self.data.train_case, len(self.info["train_cases"]), case_fraction, self.seed)
+        order = rows[np.random.default_rng([self.seed, epoch]).permutation(len(rows))]
+        return _Batches(self.data.train_x, self.data.train_y, batch_size, order, size), None
 
     def evaluate(self, model: keras.Model, loss_fn: Callable, batch_size: int) -> tuple[float, SegmentationScores]:
         """Validation loss (mean over slices) and per-case Dice/IoU over the resized slices."""

@@ -96,6 +96,19 @@ def network_options(name: str, options: Mapping[str, Any], info: Mapping[str, An
     return out
 
 
+def size_multiple(name: str, options: Mapping[str, Any]) -> int | None:
+    """What a 2D network of family ``name`` halves a slice's size to: a slice whose size divides
+    by it passes without padding, so the same weights take any such size (what
+    ``scheduler.fidelity.resolution`` trains at). ``None``: the network takes only the size it
+    was built for (unpadded convolutions crop by amounts fixed at that size)."""
+    depth = int(options.get("depth", 1))
+    if name == "fcn":
+        return 4**depth  # a stride-2 conv and a 2x2 pool per stage
+    if name == "unet" and options.get("padding", "same") == "same":
+        return 2**depth
+    return None
+
+
 def build_network(model: str, options: Mapping[str, Any], info: Mapping[str, Any]):
     """The Keras model of family ``model`` for data described by ``info``."""
     from hpsearch.models import build_model

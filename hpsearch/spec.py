@@ -146,6 +146,9 @@ def load_job(path: str | Path, overrides: Iterable[str] = ()) -> Job:
         raise HpsearchError(f"{path}: {exc}") from None
     except ValidationError as exc:
         raise HpsearchError(format_validation_error(path, exc, prefix="params")) from None
+    if job.scheduler.fidelity is not None and job.dataset.dims is not None:
+        raise HpsearchError(f"{path}: scheduler.fidelity: slice mode only (dataset.dims unset); a patch-mode "
+                            "epoch is a fixed number of patches of the planned size. Remove scheduler.fidelity")
     return job
 
 

@@ -33,9 +33,10 @@ from hpsearch.data.preprocess import PreparedData
 from hpsearch.data.volume_data import VolumeData
 from hpsearch.errors import HpsearchError
 from hpsearch.feeds import make_feed
+from hpsearch.fidelity import FidelityConfig, low_size
 from hpsearch.losses import get_loss
 from hpsearch.metrics import SegmentationScores
-from hpsearch.network import build_network, dims_of, family
+from hpsearch.network import build_network, dims_of, family, size_multiple
 from hpsearch.params import TrainParams, model_options, train_options, validate_params
 from hpsearch.selection import metric_name
 
@@ -60,6 +61,7 @@ class EpochResult:
     learning_rate: float
     seconds: float
     class_names: tuple[str, ...]
+    fidelity: float | None = None  # share of a full epoch's training pixels (scheduler.fidelity)
 
     @property
     def val_dice(self) -> float:
@@ -67,8 +69,8 @@ class EpochResult:
 
     def metrics(self) -> dict[str, float]:
         """``loss``, ``val_loss``, ``val_dice``, ``val_dice_<class>``, ``val_iou``, ``lr``,
-        ``epoch_seconds`` (class names made metric-safe: ``necrotic core`` ->
-        ``necrotic_core``)."""
+        ``epoch_seconds``, with ``scheduler.fidelity`` also ``fidelity`` (class names made
+        metric-safe: ``necrotic core`` -> ``necrotic_core``)."""
         out = {
             "epoch": self.epoch,
             "loss": self.loss,
@@ -78,6 +80,8 @@ class EpochResult:
             "lr": self.learning_rate,
             "epoch_seconds": self.seconds,
         }
+        if self.fidelity is not None:
+            out["fidelity"] = self.fidelity
         for name, dice in zip(self.class_names[1:], self.scores.dice[1:]):
             out[f"val_dice_{metric_name(name)}"] = float(dice)
         for name, dice in self.scores.region_dice.items():  # evaluation regions, named like classes
@@ -111,8 +115,14 @@ class Trainer:
             ``search.metric``), maximised or minimised.
         augment: Augmentation of training patches (patch mode; ``augment:`` of a job).
         workers: Background processes making training patches (patch mode).
+        fidelity: Cheaper first epochs (slice mode; ``scheduler.fidelity`` of a job, with
+            its ``epochs`` set): see :mod:`hpsearch.fidelity`.
 
     Call :meth:`close` when done: it stops the patch workers.
+
+    Raises:
+        HpsearchError: ``fidelity`` with patch-mode data, or a resolution this network
+            cannot train at (unpadded convolutions, or slices it pads).
     """
 
     def __init__(
@@ -126,6 +136,7 @@ class Trainer:
         mode: str = "max",
         augment: AugmentConfig | Mapping[str, Any] | None = None,
         workers: int = 1,
+        fidelity: FidelityConfig | Mapping[str, Any] | None = None,
     ):
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', not {mode!r}")
@@ -144,6 +155,9 @@ class Trainer:
         )
         self.optimizer = _make_optimizer(p, self.schedule)
         self.loss_fn: Callable = get_loss(p.loss)
+        self.fidelity = FidelityConfig(**fidelity) if isinstance(fidelity, Mapping) else fidelity
+        # Cloned before compiling: Keras would re-create an uncompiled copy's loss by name.
+        self._low_model, self._low_size = self._build_low_fidelity() if self.fidelity else (None, None)
         self.model.compile(optimizer=self.optimizer, loss=self.loss_fn)
         self.epoch = 0
         self.best_value = -math.inf if mode == "max" else math.inf
@@ -164,10 +178,14 @@ class Trainer:
             TrainingDiverged: The training loss is NaN or infinite.
         """
         started = time.perf_counter()
-        batches, steps = self.feed.epoch(self.epoch, self.train_params.batch_size)
-        history = self.model.fit(
+        low = self.fidelity if self.fidelity is not None and self.fidelity.applies(self.epoch) else None
+        model = self._low_model if low is not None and self._low_model is not None else self.model
+        lower = {"case_fraction": low.case_fraction, "size": self._low_size} if low is not None else {}
+        batches, steps = self.feed.epoch(self.epoch, self.train_params.batch_size, **lower)
+        history = model.fit(  # the low-fidelity model shares the weights and the optimizer
             batches, steps_per_epoch=steps, initial_epoch=self.epoch, epochs=self.epoch + 1, verbose=0, shuffle=False
         )
+        trained = self._trained_fraction(batches) if self.fidelity is not None else None
         loss = float(history.history["loss"][-1])
         self.epoch += 1
         if not math.isfinite(loss):
@@ -185,6 +203,7 @@ class Trainer:
             learning_rate=float(self.schedule(self.optimizer.iterations)),
             seconds=time.perf_counter() - started,
             class_names=tuple(self.data.class_names),
+            fidelity=trained,
         )
         metrics = result.metrics()
         if self.metric not in metrics:
@@ -195,6 +214,34 @@ class Trainer:
             self._best_weights = self.model.get_weights()
         self.history.append(metrics)
         return result
+
+    def _build_low_fidelity(self) -> tuple[keras.Model | None, tuple[int, int] | None]:
+        """The model for low-resolution epochs (the same layers, so the same weights, on a
+        smaller input) and its slice size; ``(None, None)`` at full resolution."""
+        if not isinstance(self.data, PreparedData):
+            raise HpsearchError("scheduler.fidelity: slice mode only; a patch-mode epoch is a fixed number of "
+                                "patches of the planned size")
+        if self.fidelity.resolution == 1.0:
+            return None, None
+        multiple = size_multiple(self.model_name, model_options(self.params))
+        if multiple is None:
+            raise HpsearchError(f"scheduler.fidelity.resolution: a {self.model_name} with unpadded convolutions "
+                                "takes only the slice size it was built for; use padding: same or resolution 1")
+        *size, channels = self.data.input_shape
+        try:
+            low = low_size(tuple(size), self.fidelity.resolution, multiple)
+        except ValueError as exc:
+            raise HpsearchError(f"scheduler.fidelity.resolution: {exc}") from None
+        inputs = keras.Input((*low, channels), name="image")
+        model = keras.models.clone_model(self.model, input_tensors=inputs, clone_function=lambda layer: layer)
+        model.compile(optimizer=self.optimizer, loss=self.loss_fn)
+        return model, low
+
+    def _trained_fraction(self, batches) -> float:
+        """How much of a full epoch's pixels this epoch trained on (1 at full fidelity)."""
+        data = self.data
+        size = batches.size or data.input_shape[:2]
+        return len(batches.order) * size[0] * size[1] / (len(data.train_x) * math.prod(data.input_shape[:2]))
 
     def _improves(self, value: float) -> bool:
         if not math.isfinite(value):

@@ -9,6 +9,7 @@ import pytest
 
 from hpsearch.data import DatasetConfig, load_dataset
 from hpsearch.errors import HpsearchError
+from hpsearch.fidelity import case_subset
 from hpsearch.trainer import Trainer, TrainingDiverged
 
 SMALL_UNET = {"depth": 2, "base_filters": 8, "batch_size": 4, "learning_rate": 3e-3, "decay_steps": 20}
@@ -97,3 +98,55 @@ def test_restore_refuses_other_model_and_incomplete_folder(lv_data, tmp_path):
         fcn.restore(tmp_path / "u")
     with pytest.raises(HpsearchError, match="not a complete trainer checkpoint"):
         fcn.restore(tmp_path)
+
+
+LOW = {"resolution": 0.5, "case_fraction": 0.5, "epochs": 2}
+
+
+def test_low_fidelity_epochs_train_on_fewer_smaller_slices_then_on_all(lv_data):
+    trainer = Trainer(lv_data, "unet", {**SMALL_UNET, "epochs": 4}, seed=1, fidelity=LOW)
+    low = trainer._low_model
+    assert low.input_shape == (None, 16, 16, 1) and trainer.model.input_shape == (None, 32, 32, 1)
+    assert all(a is b for a, b in zip(low.weights, trainer.model.weights))  # one set of weights
+    results = [trainer.train_epoch() for _ in range(4)]
+    rows = case_subset(lv_data.train_case, len(lv_data.info["train_cases"]), 0.5, seed=1)
+    assert 0 < len(rows) < len(lv_data.train_x)
+    # the slices of half the cases, at a quarter of the pixels; then everything
+    expected = len(rows) / len(lv_data.train_x) * (16 * 16) / (32 * 32)
+    assert [r.fidelity for r in results] == pytest.approx([expected, expected, 1.0, 1.0])
+    assert all(r.val_dice >= 0 for r in results) and results[-1].metrics()["fidelity"] == 1.0
+    assert int(trainer.optimizer.iterations) > 0
+
+
+def test_a_trainer_restored_inside_its_low_fidelity_epochs_continues_like_an_uninterrupted_one(lv_data, tmp_path):
+    params = {**SMALL_UNET, "epochs": 3}
+    straight = Trainer(lv_data, "unet", params, seed=7, fidelity=LOW)
+    straight.fit()
+    first = Trainer(lv_data, "unet", params, seed=7, fidelity=LOW)
+    first.train_epoch()
+    first.save(tmp_path / "ckpt")
+    resumed = Trainer(lv_data, "unet", params, seed=7, fidelity=LOW)
+    resumed.restore(tmp_path / "ckpt")
+    resumed.fit()
+    for a, b in zip(straight.model.get_weights(), resumed.model.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert [h["fidelity"] for h in resumed.history] == [h["fidelity"] for h in straight.history]
+
+
+@pytest.mark.parametrize("model, params, size, message", [
+    ("unet", {"padding": "valid"}, (32, 32), "unpadded convolutions takes only the slice size"),
+    ("unet", {"depth": 3}, (36, 36), "36x36 do not divide by 8"),
+])
+def test_a_resolution_the_network_cannot_train_at_is_refused(lv_small, model, params, size, message):
+    data, _ = load_dataset(DatasetConfig(path=lv_small, image_size=size, val_fraction=0.25))
+    with pytest.raises(HpsearchError, match=f"scheduler.fidelity.resolution: .*{message}"):
+        Trainer(data, model, {**SMALL_UNET, **params}, fidelity={"resolution": 0.5, "epochs": 1})
+
+
+def test_case_fraction_alone_trains_at_full_size_with_any_network(lv_small):
+    data, _ = load_dataset(DatasetConfig(path=lv_small, image_size=(36, 36), val_fraction=0.25))
+    trainer = Trainer(data, "unet", {**SMALL_UNET, "padding": "valid", "epochs": 2},
+                      fidelity={"case_fraction": 0.5, "epochs": 1})
+    assert trainer._low_model is None
+    first, second = trainer.train_epoch(), trainer.train_epoch()
+    assert 0 < first.fidelity < 1 and second.fidelity == 1.0

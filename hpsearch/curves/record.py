@@ -103,7 +103,8 @@ def record_curves(job, space: dict[str, Any], *, configs: int, seed: int, worker
     plain_space = {k: d.model_dump() for k, d in space.items()}
     sampled = sample_configs(space, configs, seed, sampler)
     key = {"space": plain_space, "seed": seed, "sampler": sampler, "max_epochs": max_epochs,
-           "model": job.model, "params": job.params, "dataset": job.dataset.model_dump(mode="json")}
+           "model": job.model, "params": job.params, "dataset": job.dataset.model_dump(mode="json"),
+           **({"fidelity": job.scheduler.fidelity.model_dump()} if job.scheduler.fidelity else {})}
     partial = out.with_name(out.name + ".partial.jsonl")
     done = {**_read_table(out, key, sampled), **_read_partial(partial, key, sampled)}
     data, _ = job.load_data()  # generated and cached here once, so workers only read the cache
@@ -286,7 +287,7 @@ def _train_one(config: dict[str, Any], max_epochs: int) -> dict[str, Any]:
         # `epochs` is the search's cap, not the sampled one (see the module docstring).
         params = {**job.params_for(data.info), **params, "epochs": max_epochs}
         trainer = Trainer(data, job.model, params, seed=runtime.seed, augment={**job.augment.model_dump(), **augment},
-                          workers=runtime.loader_workers)
+                          workers=runtime.loader_workers, fidelity=job.scheduler.fidelity)
         check_fits(trainer.model, trainer.train_params.batch_size, trial_memory_bytes(runtime, 1, 0))
         for epoch in range(max_epochs):
             result = trainer.train_epoch()

@@ -36,8 +36,8 @@ from hpsearch.data.volume_data import VolumeData, load_volume_data, volume_data_
 from hpsearch.data.volumes import refuse_defects
 
 # Bump when preprocessing code changes what it produces for the same settings, or
-# what an entry holds (3: checksums.json).
-PREPROCESS_VERSION = 3
+# what an entry holds (3: checksums.json; 4: train_case.npy).
+PREPROCESS_VERSION = 4
 
 INFO_FILE = "info.json"
 

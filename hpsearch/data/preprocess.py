@@ -32,6 +32,8 @@ class PreparedData(ClassInfo):
     Attributes:
         train_x: ``(N, H, W, C)`` float32 slices of the training cases.
         train_y: ``(N, H, W)`` uint8 class indices.
+        train_case: ``(N,)`` int32 position of each training slice's case in
+            ``info["train_cases"]`` (what ``scheduler.fidelity.case_fraction`` subsets).
         val_x: ``(M, H, W, C)`` every slice of the validation cases.
         val_y: ``(M, H, W)`` uint8 class indices.
         val_case: ``(M,)`` int32 position of each validation slice's case in
@@ -42,12 +44,13 @@ class PreparedData(ClassInfo):
 
     train_x: np.ndarray
     train_y: np.ndarray
+    train_case: np.ndarray
     val_x: np.ndarray
     val_y: np.ndarray
     val_case: np.ndarray
     info: dict[str, Any]
 
-    ARRAYS = ("train_x", "train_y", "val_x", "val_y", "val_case")
+    ARRAYS = ("train_x", "train_y", "train_case", "val_x", "val_y", "val_case")
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -153,6 +156,7 @@ def prepare(index: DatasetIndex, config: PreprocessConfig, *, digest: str = "", 
                 keep = y.reshape(len(y), -1).any(axis=1)
                 keep |= rng.random(len(y)) < config.keep_empty_fraction
                 x, y = x[keep], y[keep]
+                parts["train_case"].append(np.full(len(y), position, np.int32))
             else:
                 parts["val_case"].append(np.full(len(y), position, np.int32))
             parts[f"{split}_x"].append(x)

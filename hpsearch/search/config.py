@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from hpsearch.errors import HpsearchError
+from hpsearch.fidelity import FidelityConfig
 from hpsearch.selection import PATTERN, check_metric, default_mode
 
 
@@ -86,12 +87,16 @@ class SchedulerConfig(_Section):
     max_epochs: Epoch cap of any trial (ASHA's ``max_t``).
     grace_period: Epochs every trial runs before it can be stopped.
     reduction_factor: ASHA keeps ``1/reduction_factor`` of the trials at each rung.
+    fidelity: Cheaper first epochs of every trial (slice mode): ``resolution`` and
+        ``case_fraction`` below 1 for ``epochs`` epochs (default ``grace_period``, ASHA's
+        first rung); see :mod:`hpsearch.fidelity`.
     """
 
     type: Literal["asha", "hyperband", "bohb", "none"] = "asha"
     max_epochs: int = Field(20, ge=1, le=100_000)
     grace_period: int = Field(2, ge=1)
     reduction_factor: float = Field(3.0, gt=1.0, le=100.0)
+    fidelity: FidelityConfig | None = None
 
     @model_validator(mode="after")
     def _grace_within_max(self):
@@ -99,6 +104,12 @@ class SchedulerConfig(_Section):
             raise ValueError(
                 f"grace_period ({self.grace_period}) must not exceed max_epochs ({self.max_epochs})"
             )
+        if self.fidelity is not None:
+            if self.fidelity.epochs is None:
+                self.fidelity = self.fidelity.model_copy(update={"epochs": self.grace_period})
+            if self.fidelity.epochs >= self.max_epochs:
+                raise ValueError(f"fidelity.epochs ({self.fidelity.epochs}) must be below max_epochs "
+                                 f"({self.max_epochs}): some epochs must train at full fidelity")
         return self
 
 

@@ -52,6 +52,7 @@ class SegmentationTrainable(tune.Trainable):
         max_epochs: Epoch cap of the search (``scheduler.max_epochs``).
         metric, mode: The search metric; the trainer keeps its best epoch by it.
         checkpoint_interval_s: Training seconds between checkpoints (:class:`CheckpointClock`).
+        fidelity: ``scheduler.fidelity`` as a dict (cheaper first epochs; :mod:`hpsearch.fidelity`).
 
     A failure that would only happen again (diverged loss, out of memory, a configuration
     that cannot be built) is reported as the trial's last result (``hpsearch_failure``) and
@@ -73,13 +74,14 @@ class SegmentationTrainable(tune.Trainable):
         metric: str = "val_dice",
         mode: str = "max",
         checkpoint_interval_s: float = 0.0,
+        fidelity: dict[str, Any] | None = None,
     ) -> None:
         resources = self.trial_resources.required_resources if self.trial_resources else {}
         self._runtime = RuntimeConfig(**{**runtime, "intra_op_threads": max(1, round(resources.get("CPU", 1)))})
         self._gpus = resources.get("GPU", 0)
         configure_tensorflow(self._runtime, gpu_fraction=self._gpus)  # a GPU share caps its memory
         self._data, self._model, self._base, self._augment = list(data), model, base_params, augment or {}
-        self._max_epochs, self._metric, self._mode = max_epochs, metric, mode
+        self._max_epochs, self._metric, self._mode, self._fidelity = max_epochs, metric, mode, fidelity
         self._folds_tmp: Path | None = None
         self._clock = CheckpointClock(checkpoint_interval_s)
         self._build(config)
@@ -110,7 +112,7 @@ class SegmentationTrainable(tune.Trainable):
             params, augment = split_config(config)
             self.trainer = Trainer(self._data[fold], self._model, {**self._base, **params}, seed=self._runtime.seed,
                                    metric=self._metric, mode=self._mode, augment={**self._augment, **augment},
-                                   workers=self._runtime.loader_workers)
+                                   workers=self._runtime.loader_workers, fidelity=self._fidelity)
             check_fits(self.trainer.model, self.trainer.train_params.batch_size, self._memory_budget())
         except Exception as exc:  # reported by the first step, where Tune records results
             self._setup_failure = exc

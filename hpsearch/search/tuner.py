@@ -109,6 +109,7 @@ def trainable_for(job, data: list[PreparedData]) -> Callable:
         metric=job.search.metric,
         mode=job.search.mode,
         checkpoint_interval_s=job.storage.checkpoint_interval_s,
+        fidelity=job.scheduler.fidelity.model_dump() if job.scheduler.fidelity else None,
     )
     resources = {"cpu": job.resources.cpus_per_trial, "gpu": job.resources.gpus_per_trial}
     return tune.with_resources(bound, resources)

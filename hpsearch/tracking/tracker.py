@@ -55,7 +55,7 @@ from hpsearch.tracking.store import scoped_env
 
 _LOG = logging.getLogger(__name__)
 
-DEFAULT_METRICS = frozenset({"loss", "val_loss", "val_dice", "val_iou", "lr", "epoch_seconds",
+DEFAULT_METRICS = frozenset({"loss", "val_loss", "val_dice", "val_iou", "lr", "epoch_seconds", "fidelity",
                              "fold", "budget"})  # the last two: where a cross-validated trial is
 STEP_METRIC = "training_iteration"  # in every batch: the run's high-water mark
 NONFINITE_TAG = "hpsearch.nonfinite_metrics"

@@ -79,6 +79,8 @@ def test_prepare_keeps_every_validation_slice_and_some_empty_training_slices(lv_
     assert none.train_y.reshape(len(none.train_y), -1).any(axis=1).all()  # only slices with LV
     np.testing.assert_array_equal(none.val_y, full.val_y)  # validation untouched by the filter
     assert full.val_case.tolist() == [0] * 6 + [1] * 6
+    assert full.train_case.tolist() == [case for case in range(6) for _ in range(6)]  # each slice's case
+    assert len(none.train_case) == len(none.train_x) and set(none.train_case) <= set(range(6))
     assert full.train_x.dtype == np.float32 and full.train_y.dtype == np.uint8
 
 

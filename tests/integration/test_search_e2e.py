@@ -212,3 +212,20 @@ def test_a_configuration_that_cannot_fit_fails_at_once_and_is_not_retried(local_
     _, children = _children(state["tracking_uri"], state["parent_run_id"])
     assert [c.data.tags["hpsearch.failure"] for c in children] == ["invalid_config"] * 2
     assert all("hpsearch.retry_error" not in c.data.tags for c in children)
+
+
+def test_a_search_trains_each_trials_first_rung_at_low_fidelity(local_ray, lv_small, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    job = _write_job(tmp_path, lv_small, sampler="random", trials=2, **{
+        "reduction_factor: 2}": "reduction_factor: 2, fidelity: {resolution: 0.5, case_fraction: 0.5}}",
+        "epochs: 4,": "epochs: 3,", "max_epochs: 4,": "max_epochs: 3,"})
+    experiment = run_search(job, echo=lambda line: None)
+    state = json.loads((experiment / "hpsearch-search.json").read_text())
+    assert state["job"]["scheduler"]["fidelity"]["epochs"] == 1  # ASHA's first rung (grace_period)
+    client, children = _children(state["tracking_uri"], state["parent_run_id"])
+    assert len(children) == 2
+    for child in children:
+        shares = {m.step: m.value for m in client.get_metric_history(child.info.run_id, "fidelity")}
+        # epoch 1 at half the size on half the cases; every later epoch at full fidelity
+        assert 0 < shares[1] < 0.25 and all(shares[step] == 1.0 for step in shares if step > 1), shares
+        assert len(client.get_metric_history(child.info.run_id, "val_dice")) == len(shares)

@@ -95,7 +95,8 @@ class EpochResult:
         return (
             f"epoch {self.epoch:3d}  loss {self.loss:.4f}  val_loss {self.val_loss:.4f}  "
             f"val_dice {self.val_dice:.4f} [{per_class}]  lr {self.learning_rate:.3g}  "
-            f"{self.seconds:.1f}s"
+            + (f"fidelity {self.fidelity:.2f}  " if self.fidelity is not None and self.fidelity < 1 else "")
+            + f"{self.seconds:.1f}s"
         )
 
 

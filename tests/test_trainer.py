@@ -115,6 +115,7 @@ def test_low_fidelity_epochs_train_on_fewer_smaller_slices_then_on_all(lv_data):
     expected = len(rows) / len(lv_data.train_x) * (16 * 16) / (32 * 32)
     assert [r.fidelity for r in results] == pytest.approx([expected, expected, 1.0, 1.0])
     assert all(r.val_dice >= 0 for r in results) and results[-1].metrics()["fidelity"] == 1.0
+    assert f"fidelity {expected:.2f}  " in results[0].format() and "fidelity" not in results[-1].format()
     assert int(trainer.optimizer.iterations) > 0
 
 

@@ -129,6 +129,8 @@ def main() -> None:
         if any(t.configs != tables[0].configs for t in tables[1:]):
             raise SystemExit("the tables hold different configurations; record them with the same arguments")
     full = tables[0]
+    if not args.smoke_test:  # trials train at most as long as the curves were recorded
+        args.set = [f"scheduler.max_epochs={full.max_epochs}", *args.set]
     rung = load_job(JOB, args.set).scheduler.grace_period
     target = TARGET * full.best()
 

@@ -45,6 +45,7 @@ from hpsearch.curves.simulate import replay_search  # noqa: E402
 from hpsearch.files import read_yaml  # noqa: E402
 from hpsearch.space import parse_space  # noqa: E402
 from hpsearch.spec import load_job  # noqa: E402
+from search_efficiency import _best_so_far as best_so_far  # noqa: E402  (this folder is on sys.path)
 
 JOB = REPO / "jobs" / "demo.yaml"
 TARGET = 0.99
@@ -77,7 +78,7 @@ def replayed(table: CurveTable, target: float, seeds: int, work: Path, uri: str,
         shutil.rmtree(storage, ignore_errors=True)
         seconds = np.cumsum([table.epoch_seconds[a.row, a.epoch - 1] if a.row is not None else 0.0
                              for a in search.arrivals])
-        found = np.maximum.accumulate(np.nan_to_num([a.val_dice for a in search.arrivals], nan=-np.inf))
+        found = best_so_far([a.val_dice for a in search.arrivals])
         reached = np.flatnonzero(found >= target)
         searches.append({"seed": seed, "epochs": len(found), "seconds": float(seconds[-1]),
                          "seconds_to_target": float(seconds[reached[0]]) if reached.size else None,

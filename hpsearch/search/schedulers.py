@@ -62,6 +62,29 @@ class FoldASHAScheduler(ASHAScheduler):
         return TrialScheduler.CONTINUE
 
 
+class BestSoFarASHA(ASHAScheduler):
+    """Ray's ASHA comparing trials at a rung by their best value so far, not the rung epoch's.
+
+    A trial is scored (ranked, exported) by its best epoch, whose weights it keeps, so a rung
+    that judges the latest epoch stops a trial for one noisy epoch after a good one. Both
+    trainables report the running best as ``best_<metric>``; a result without a finite one
+    (a diverged first epoch) is judged on its own value. The result Tune hands to callbacks
+    (MLflow) is not changed.
+    """
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        return super().on_trial_result(tune_controller, trial, self._best_so_far(result))
+
+    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        super().on_trial_complete(tune_controller, trial, self._best_so_far(result))
+
+    def _best_so_far(self, result: dict) -> dict:
+        best = result.get(f"best_{self._metric}")
+        if isinstance(best, (int, float)) and math.isfinite(best):
+            return {**result, self._metric: best}
+        return result
+
+
 class _EveryRound:
     """Judge a Hyperband bracket whenever a round is done, however its last trial got there.
 
@@ -124,8 +147,12 @@ def scheduler_for(job, folds: int) -> TrialScheduler:
     if cfg.type == "bohb":
         return RoundsBOHB(time_attr="training_iteration", max_t=cfg.max_epochs, reduction_factor=cfg.reduction_factor)
     if cfg.type == "asha" and folds == 1:
-        return ASHAScheduler(time_attr="training_iteration", max_t=cfg.max_epochs,
-                             grace_period=cfg.grace_period, reduction_factor=cfg.reduction_factor)
+        asha = BestSoFarASHA if cfg.rung_metric == "best" else ASHAScheduler
+        return asha(time_attr="training_iteration", max_t=cfg.max_epochs,
+                    grace_period=cfg.grace_period, reduction_factor=cfg.reduction_factor)
+    if cfg.rung_metric != "latest" and folds > 1 and search.cross_validation != "off":
+        raise HpsearchError(f"scheduler.rung_metric: {cfg.rung_metric} is for one split; remove it, or set "
+                            "search.cross_validation: off")
     if cfg.type == "asha" and search.cross_validation == "fidelity":
         return FoldASHAScheduler(fold_rungs(cfg.grace_period, cfg.reduction_factor, cfg.max_epochs, folds),
                                  cfg.max_epochs, time_attr="budget", max_t=cfg.max_epochs * folds,

@@ -73,8 +73,8 @@ def build_tuner(
             scheduler=scheduler_for(job, folds),
             num_samples=search.num_trials,
             reuse_actors=True,
-            trial_name_creator=lambda trial: f"trial_{trial.trial_id}",
-            trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
+            trial_name_creator=trial_name,
+            trial_dirname_creator=trial_name,
         ),
         run_config=tune.RunConfig(
             name=name,
@@ -94,6 +94,15 @@ def build_tuner(
             failure_config=tune.FailureConfig(max_failures=search.max_failures),
         ),
     )
+
+
+def trial_name(trial) -> str:
+    """A trial's name and folder: ``trial_<id>``, as MLflow and the experiment folder name it.
+
+    A module-level function, not a lambda: Ray pickles both creators into every trial's entry
+    of each experiment snapshot, a lambda by value (1.3 KB each), a function by reference.
+    """
+    return f"trial_{trial.trial_id}"
 
 
 def trainable_for(job, data: list[PreparedData]) -> Callable:

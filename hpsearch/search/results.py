@@ -134,12 +134,19 @@ def format_table(rows: list[TrialSummary], metric: str, top: int = 10) -> str:
 
 
 def _history(frame) -> list[dict[str, float]]:
+    """The epochs of the trial's last attempt. Ray's table keeps every attempt: a trial
+    restored from its checkpoint at epoch k (or restarted without one) reports epoch k + 1
+    again, and the epochs the earlier attempt ran past k are gone with its process (its
+    weights too), so a record drops every earlier record at its epoch or after."""
     keep = [c for c in frame.columns
             if c in ("training_iteration", "fold", "fold_epoch", "budget") or c.startswith(("val_", "loss", "lr", "cv_"))]
-    return [
-        {k: float(v) for k, v in record.items() if isinstance(v, (int, float))}
-        for record in frame[keep].to_dict("records")
-    ]
+    history: list[dict[str, float]] = []
+    for record in frame[keep].to_dict("records"):
+        row = {k: float(v) for k, v in record.items() if isinstance(v, (int, float))}
+        while history and history[-1].get("training_iteration", 0) >= row.get("training_iteration", math.inf):
+            history.pop()
+        history.append(row)
+    return history
 
 
 def _latest(result) -> str:

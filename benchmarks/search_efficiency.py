@@ -74,6 +74,7 @@ STRATEGIES: dict[str, tuple[list[str], bool]] = {
     "TPE + ASHA, epochs not sampled, grace 5, 32 trials": (["scheduler.grace_period=5", "search.num_trials=32"], False),
     "TPE + ASHA, rungs on best so far": (["scheduler.rung_metric=best"], True),
     "TPE + ASHA, rungs on best so far, epochs not sampled": (["scheduler.rung_metric=best"], False),
+    "TPE + ASHA, rungs on val loss": (["scheduler.rung_metric=loss"], True),
     WARM: ([], True),
 }
 SMOKE = [REFERENCE, "TPE + ASHA (default)"]

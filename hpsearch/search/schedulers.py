@@ -62,26 +62,39 @@ class FoldASHAScheduler(ASHAScheduler):
         return TrialScheduler.CONTINUE
 
 
-class BestSoFarASHA(ASHAScheduler):
-    """Ray's ASHA comparing trials at a rung by their best value so far, not the rung epoch's.
+class RungMetricASHA(ASHAScheduler):
+    """Ray's ASHA comparing trials at a rung by another value than the rung epoch's metric.
 
-    A trial is scored (ranked, exported) by its best epoch, whose weights it keeps, so a rung
-    that judges the latest epoch stops a trial for one noisy epoch after a good one. Both
-    trainables report the running best as ``best_<metric>``; a result without a finite one
-    (a diverged first epoch) is judged on its own value. The result Tune hands to callbacks
-    (MLflow) is not changed.
+    * ``best``: the trial's best so far (``best_<metric>``, which both trainables report). A
+      trial is scored and exported by its best epoch, whose weights it keeps, so judging the
+      latest epoch stops a trial for one noisy epoch after a good one.
+    * ``loss``: the epoch's ``val_loss`` (lower is better). Soft Dice + cross-entropy keeps
+      falling while the hard Dice of every trial is still near 0 (the early plateau).
+
+    A result without a finite such value is judged on its own metric. The result Tune hands to
+    callbacks (MLflow) is not changed.
     """
 
+    def __init__(self, rung_metric: str, **kwargs):
+        if rung_metric not in ("best", "loss"):
+            raise ValueError(f"rung_metric must be 'best' or 'loss', got {rung_metric!r}")
+        super().__init__(**kwargs)
+        self.rung_metric = rung_metric
+
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        return super().on_trial_result(tune_controller, trial, self._best_so_far(result))
+        return super().on_trial_result(tune_controller, trial, self._judged(result))
 
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
-        super().on_trial_complete(tune_controller, trial, self._best_so_far(result))
+        super().on_trial_complete(tune_controller, trial, self._judged(result))
 
-    def _best_so_far(self, result: dict) -> dict:
-        best = result.get(f"best_{self._metric}")
-        if isinstance(best, (int, float)) and math.isfinite(best):
-            return {**result, self._metric: best}
+    def _judged(self, result: dict) -> dict:
+        if self.rung_metric == "best":
+            value = result.get(f"best_{self._metric}")
+        else:  # ASHA maximises metric_op * value: a loss counts negated when the metric is maximised
+            value = result.get("val_loss")
+            value = -value if isinstance(value, (int, float)) and self._mode == "max" else value
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            return {**result, self._metric: value}
         return result
 
 
@@ -147,9 +160,11 @@ def scheduler_for(job, folds: int) -> TrialScheduler:
     if cfg.type == "bohb":
         return RoundsBOHB(time_attr="training_iteration", max_t=cfg.max_epochs, reduction_factor=cfg.reduction_factor)
     if cfg.type == "asha" and folds == 1:
-        asha = BestSoFarASHA if cfg.rung_metric == "best" else ASHAScheduler
-        return asha(time_attr="training_iteration", max_t=cfg.max_epochs,
-                    grace_period=cfg.grace_period, reduction_factor=cfg.reduction_factor)
+        kwargs = dict(time_attr="training_iteration", max_t=cfg.max_epochs, grace_period=cfg.grace_period,
+                      reduction_factor=cfg.reduction_factor)
+        if cfg.rung_metric == "latest":
+            return ASHAScheduler(**kwargs)
+        return RungMetricASHA(cfg.rung_metric, **kwargs)
     if cfg.rung_metric != "latest" and folds > 1 and search.cross_validation != "off":
         raise HpsearchError(f"scheduler.rung_metric: {cfg.rung_metric} is for one split; remove it, or set "
                             "search.cross_validation: off")

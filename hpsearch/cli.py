@@ -48,8 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("job", type=Path, help="job YAML file")
     train.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override a hyperparameter (learning_rate=3e-4) or any dotted key "
-        "(dataset.image_size=[64,64]); repeatable",
+        help="override a hyperparameter (learning_rate=3e-4), a top-level key (name=lv-try2) or any "
+        "dotted key (dataset.image_size=[64,64]); repeatable",
     )
     train.add_argument("--threads", type=int, help="TensorFlow intra-op threads (default: job's runtime)")
     train.add_argument("--out", type=Path, help="save the final training state into this folder")

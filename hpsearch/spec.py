@@ -122,6 +122,10 @@ class Job(BaseModel):
         return [first, *(self.load_data(plan, fold=f)[0] for f in range(1, folds))], hit
 
 
+# `--set KEY=VALUE` with a bare KEY: a top-level job key if it is one, else a hyperparameter.
+TOP_LEVEL_KEYS = frozenset(Job.model_fields)
+
+
 def load_job(path: str | Path, overrides: Iterable[str] = ()) -> Job:
     """Read and validate a job file, applying ``key=value`` overrides first.
 
@@ -161,7 +165,7 @@ def _apply_override(raw: dict[str, Any], override: str, path: Path) -> None:
     except yaml.YAMLError:
         raise HpsearchError(f"--set {override!r}: the value is not valid YAML") from None
     parts = key.strip().split(".")
-    if len(parts) == 1:
+    if len(parts) == 1 and parts[0] not in TOP_LEVEL_KEYS:  # a bare name is a hyperparameter
         parts = ["params", *parts]
     node = raw
     for part in parts[:-1]:

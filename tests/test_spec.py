@@ -68,6 +68,12 @@ def test_bad_job_files_name_the_key(tmp_path, text, needle):
     assert needle in message, message
 
 
+def test_a_bare_override_key_is_a_top_level_key_if_it_is_one_else_a_hyperparameter(tmp_path):
+    job = load_job(_write(tmp_path, GOOD), ["name=renamed", "search_space=other.yaml", "model=fcn", "dropout=0.25"])
+    assert (job.name, job.search_space.name, job.model) == ("renamed", "other.yaml", "fcn")
+    assert job.params["dropout"] == 0.25 and "name" not in job.params
+
+
 def test_bad_overrides(tmp_path):
     path = _write(tmp_path, GOOD)
     with pytest.raises(HpsearchError, match="expected KEY=VALUE"):

@@ -71,8 +71,8 @@ class RungMetricASHA(ASHAScheduler):
     * ``loss``: the epoch's ``val_loss`` (lower is better). Soft Dice + cross-entropy keeps
       falling while the hard Dice of every trial is still near 0 (the early plateau).
 
-    A result without a finite such value is judged on its own metric. The result Tune hands to
-    callbacks (MLflow) is not changed.
+    A result without the value is judged on its own metric; a NaN loss (a diverged epoch) is
+    the worst. The result Tune hands to callbacks (MLflow) is not changed.
     """
 
     def __init__(self, rung_metric: str, **kwargs):
@@ -89,13 +89,16 @@ class RungMetricASHA(ASHAScheduler):
 
     def _judged(self, result: dict) -> dict:
         if self.rung_metric == "best":
-            value = result.get(f"best_{self._metric}")
-        else:  # ASHA maximises metric_op * value: a loss counts negated when the metric is maximised
-            value = result.get("val_loss")
-            value = -value if isinstance(value, (int, float)) and self._mode == "max" else value
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            return {**result, self._metric: value}
-        return result
+            value = result.get(f"best_{self._metric}")  # NaN until a finite epoch: its own value
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                return {**result, self._metric: value}
+            return result
+        loss = result.get("val_loss")
+        if not isinstance(loss, (int, float)):
+            return result
+        loss = loss if math.isfinite(loss) else math.inf
+        # ASHA maximises metric_op * value: the loss counts negated when the metric is maximised
+        return {**result, self._metric: -loss if self._mode == "max" else loss}
 
 
 class _EveryRound:

@@ -133,6 +133,7 @@ RUNG_CASES = {
     "best: without best_val_dice, the epoch's own value": ("best", [(0.9, 0.5), (0.1, 0.5)], False, "STOP"),
     "loss: a lower val_loss goes on, whatever its Dice": ("loss", [(0.0, 0.9), (0.0, 0.8)], True, "CONTINUE"),
     "loss: a higher val_loss stops, whatever its Dice": ("loss", [(0.9, 1.5), (0.9, 1.2)], True, "STOP"),
+    "loss: a NaN val_loss is the worst": ("loss", [(0.9, 0.5), (0.9, NAN)], True, "STOP"),
 }
 
 

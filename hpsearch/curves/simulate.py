@@ -25,6 +25,7 @@ from ray import tune
 from hpsearch.curves.replay import ROW_KEY, replay_trainable
 from hpsearch.curves.table import CurveTable
 from hpsearch.search import results as results_mod
+from hpsearch.search.interrupt import interruptible
 from hpsearch.search.progress import SearchProgress
 from hpsearch.search.tuner import build_tuner
 from hpsearch.tracking.runs import start_search_run
@@ -113,6 +114,9 @@ def replay_search(table: CurveTable, job, space: dict[str, Any], *, storage: Pat
     tuner = build_tuner(job, space, None, name=name, storage=str(storage), callbacks=callbacks, trainable=trainable,
                          study=study)
     started = time.perf_counter()
-    grid = tuner.fit()
+    with interruptible() as stop:
+        grid = tuner.fit()
+    if stop.signal is not None:  # Tune returned a cut search as if it had ended: not a result
+        raise KeyboardInterrupt
     seconds = time.perf_counter() - started
     return ReplayedSearch(log.arrivals, results_mod.summarise(grid, metric, mode), parent, experiment_id, seconds)

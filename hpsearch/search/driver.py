@@ -8,12 +8,9 @@ state belongs to its :class:`~hpsearch.experiment.Experiment`; this module only 
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,6 +27,7 @@ from hpsearch.search.local_ray import init_ray
 from hpsearch.search.progress import SearchProgress
 from hpsearch.search.retries import NodeLossRetries
 from hpsearch.search.folds import objective_name
+from hpsearch.search.interrupt import interruptible
 from hpsearch.search.tuner import build_tuner, restore_tuner
 from hpsearch.selection import check_metric
 from hpsearch.space import load_space, to_optuna
@@ -218,7 +216,7 @@ def _finish(tuner: tune.Tuner, experiment: Experiment, echo: Echo) -> Path:
     from hpsearch.search.study import dashboard_hint
 
     job = experiment.job
-    with _interruptible() as stop:
+    with interruptible() as stop:
         grid = tuner.fit()
     if stop.signal is not None:
         experiment.set_status(SearchStatus.INTERRUPTED)
@@ -258,44 +256,6 @@ def _recorded_rows(experiment: Experiment, echo: Echo) -> list[results_mod.Trial
     except HpsearchError as exc:
         echo(f"warning: earlier results not kept ({exc})")
         return []
-
-
-class _Stop:
-    signal: int | None = None
-
-
-@contextlib.contextmanager
-def _interruptible():
-    """Turn the first SIGINT (Ctrl-C) or SIGTERM into Ray Tune's graceful stop, and remember it.
-
-    Tune stops on SIGUSR1 as on SIGINT: it saves the experiment state once more and returns
-    from ``fit()`` as if the search had ended. Routing both signals through SIGUSR1 lets the
-    driver know that it did not end: the results are not final, the search is interrupted.
-    A second signal stops at once (KeyboardInterrupt).
-    """
-    stop = _Stop()
-    if not hasattr(signal, "SIGUSR1") or threading.current_thread() is not threading.main_thread():
-        yield stop  # no SIGUSR1 (Windows), or signals cannot be caught here: Tune's own handling
-        return
-
-    def handler(signum, frame):
-        if stop.signal is not None:
-            raise KeyboardInterrupt
-        stop.signal = signum
-        os.kill(os.getpid(), signal.SIGUSR1)
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    tune_own = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
-    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours forwards it
-    try:
-        yield stop
-    finally:
-        if tune_own is None:
-            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
-        else:
-            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = tune_own
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 def _in_child(command: str, experiment_dir: Path, what: str, echo: Echo) -> None:

@@ -72,9 +72,6 @@ STRATEGIES: dict[str, tuple[list[str], bool]] = {
     "TPE + ASHA, 8 start-up trials": (["search.startup_trials=8"], True),
     "TPE + ASHA, stopped told pruned": (["search.stopped_trials=pruned"], True),
     "TPE + ASHA, epochs not sampled, grace 5, 32 trials": (["scheduler.grace_period=5", "search.num_trials=32"], False),
-    "TPE + ASHA, rungs on best so far": (["scheduler.rung_metric=best"], True),
-    "TPE + ASHA, rungs on best so far, epochs not sampled": (["scheduler.rung_metric=best"], False),
-    "TPE + ASHA, rungs on val loss": (["scheduler.rung_metric=loss"], True),
     WARM: ([], True),
 }
 SMOKE = [REFERENCE, "TPE + ASHA (default)"]

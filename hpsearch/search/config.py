@@ -90,10 +90,6 @@ class SchedulerConfig(_Section):
     fidelity: Cheaper first epochs of every trial (slice mode): ``resolution`` and
         ``case_fraction`` below 1 for ``epochs`` epochs (default ``grace_period``, ASHA's
         first rung); see :mod:`hpsearch.fidelity`.
-    rung_metric: What ASHA compares at a rung: ``latest``, the epoch's ``search.metric``;
-        ``best``, the trial's best so far (the score it would be exported with: its best
-        epoch's weights are kept); or ``loss``, the epoch's ``val_loss``. ASHA on one
-        split only (:class:`~hpsearch.search.schedulers.RungMetricASHA`).
     """
 
     type: Literal["asha", "hyperband", "bohb", "none"] = "asha"
@@ -101,12 +97,9 @@ class SchedulerConfig(_Section):
     grace_period: int = Field(2, ge=1)
     reduction_factor: float = Field(3.0, gt=1.0, le=100.0)
     fidelity: FidelityConfig | None = None
-    rung_metric: Literal["latest", "best", "loss"] = "latest"
 
     @model_validator(mode="after")
     def _grace_within_max(self):
-        if self.rung_metric != "latest" and self.type != "asha":
-            raise ValueError(f"rung_metric: {self.rung_metric} is for type: asha, not {self.type}; remove it")
         if self.grace_period > self.max_epochs:
             raise ValueError(
                 f"grace_period ({self.grace_period}) must not exceed max_epochs ({self.max_epochs})"

@@ -62,45 +62,6 @@ class FoldASHAScheduler(ASHAScheduler):
         return TrialScheduler.CONTINUE
 
 
-class RungMetricASHA(ASHAScheduler):
-    """Ray's ASHA comparing trials at a rung by another value than the rung epoch's metric.
-
-    * ``best``: the trial's best so far (``best_<metric>``, which both trainables report). A
-      trial is scored and exported by its best epoch, whose weights it keeps, so judging the
-      latest epoch stops a trial for one noisy epoch after a good one.
-    * ``loss``: the epoch's ``val_loss`` (lower is better). Soft Dice + cross-entropy keeps
-      falling while the hard Dice of every trial is still near 0 (the early plateau).
-
-    A result without the value is judged on its own metric; a NaN loss (a diverged epoch) is
-    the worst. The result Tune hands to callbacks (MLflow) is not changed.
-    """
-
-    def __init__(self, rung_metric: str, **kwargs):
-        if rung_metric not in ("best", "loss"):
-            raise ValueError(f"rung_metric must be 'best' or 'loss', got {rung_metric!r}")
-        super().__init__(**kwargs)
-        self.rung_metric = rung_metric
-
-    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        return super().on_trial_result(tune_controller, trial, self._judged(result))
-
-    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
-        super().on_trial_complete(tune_controller, trial, self._judged(result))
-
-    def _judged(self, result: dict) -> dict:
-        if self.rung_metric == "best":
-            value = result.get(f"best_{self._metric}")  # NaN until a finite epoch: its own value
-            if isinstance(value, (int, float)) and math.isfinite(value):
-                return {**result, self._metric: value}
-            return result
-        loss = result.get("val_loss")
-        if not isinstance(loss, (int, float)):
-            return result
-        loss = loss if math.isfinite(loss) else math.inf
-        # ASHA maximises metric_op * value: the loss counts negated when the metric is maximised
-        return {**result, self._metric: -loss if self._mode == "max" else loss}
-
-
 class _EveryRound:
     """Judge a Hyperband bracket whenever a round is done, however its last trial got there.
 
@@ -163,14 +124,8 @@ def scheduler_for(job, folds: int) -> TrialScheduler:
     if cfg.type == "bohb":
         return RoundsBOHB(time_attr="training_iteration", max_t=cfg.max_epochs, reduction_factor=cfg.reduction_factor)
     if cfg.type == "asha" and folds == 1:
-        kwargs = dict(time_attr="training_iteration", max_t=cfg.max_epochs, grace_period=cfg.grace_period,
-                      reduction_factor=cfg.reduction_factor)
-        if cfg.rung_metric == "latest":
-            return ASHAScheduler(**kwargs)
-        return RungMetricASHA(cfg.rung_metric, **kwargs)
-    if cfg.rung_metric != "latest" and folds > 1 and search.cross_validation != "off":
-        raise HpsearchError(f"scheduler.rung_metric: {cfg.rung_metric} is for one split; remove it, or set "
-                            "search.cross_validation: off")
+        return ASHAScheduler(time_attr="training_iteration", max_t=cfg.max_epochs,
+                             grace_period=cfg.grace_period, reduction_factor=cfg.reduction_factor)
     if cfg.type == "asha" and search.cross_validation == "fidelity":
         return FoldASHAScheduler(fold_rungs(cfg.grace_period, cfg.reduction_factor, cfg.max_epochs, folds),
                                  cfg.max_epochs, time_attr="budget", max_t=cfg.max_epochs * folds,

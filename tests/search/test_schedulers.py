@@ -34,7 +34,6 @@ DEMO = Path(__file__).resolve().parents[2] / "jobs" / "demo.yaml"
 DEADLINE = 45      # seconds per search; each takes about 5-10 s (on 2 busy cores)
 RAY_START = 60     # seconds for the child's imports and Ray's start (4 s on a quiet machine, 15 s on a busy one)
 ENDED = {"completed", "stopped_early", "failed"}
-NAN = float("nan")
 HAVE_BOHB = all(importlib.util.find_spec(m) for m in ("hpbandster", "ConfigSpace"))
 # name -> (scheduler, max_epochs, lowest sampled epochs, trials, seed); trials enough to reach the bracket
 CASES = {"hyperband-last-round": ("hyperband", 8, 3, 8, 1), "hyperband-middle-round": ("hyperband", 9, 2, 17, 0)}
@@ -121,65 +120,6 @@ def test_the_search_ends_with_every_trial_ended(reports, name):
     # the case means something only if Hyperband paused trials and resumed some
     assert report["resumed"] > 0
     assert any(status == "stopped_early" for status, _ in report["rows"])
-
-
-# name -> (rung_metric, trial B's (val_dice, val_loss) per epoch, whether B reports best_val_dice,
-# ASHA's word on B at the rung, epoch 2). Trial A reaches the rung first: val_dice 0.5, val_loss 1.0.
-RUNG_CASES = {
-    "latest: a bad rung epoch after a good one stops": ("latest", [(0.9, 0.5), (0.1, 0.5)], True, "STOP"),
-    "best: the best so far goes on": ("best", [(0.9, 2.0), (0.1, 2.0)], True, "CONTINUE"),
-    "best: a worse best so far stops": ("best", [(0.3, 0.5), (0.4, 0.5)], True, "STOP"),
-    "best: a diverged first epoch, then a good one, goes on": ("best", [(NAN, NAN), (0.6, 2.0)], True, "CONTINUE"),
-    "best: without best_val_dice, the epoch's own value": ("best", [(0.9, 0.5), (0.1, 0.5)], False, "STOP"),
-    "loss: a lower val_loss goes on, whatever its Dice": ("loss", [(0.0, 0.9), (0.0, 0.8)], True, "CONTINUE"),
-    "loss: a higher val_loss stops, whatever its Dice": ("loss", [(0.9, 1.5), (0.9, 1.2)], True, "STOP"),
-    "loss: a NaN val_loss is the worst": ("loss", [(0.9, 0.5), (0.9, NAN)], True, "STOP"),
-}
-
-
-@pytest.mark.parametrize("name", list(RUNG_CASES))
-def test_asha_compares_at_a_rung_what_rung_metric_names(name):
-    from ray.tune.experiment import Trial
-
-    from hpsearch.search.schedulers import scheduler_for
-    from hpsearch.spec import load_job
-
-    rung_metric, curve, with_best, word = RUNG_CASES[name]
-    job = load_job(DEMO, [f"scheduler.rung_metric={rung_metric}", "scheduler.grace_period=2",
-                          "scheduler.reduction_factor=2", "scheduler.max_epochs=8"])
-    asha = scheduler_for(job, folds=1)
-    asha.set_search_properties("val_dice", "max")
-    a, b = Trial("__fake", stub=True), Trial("__fake", stub=True)
-    for trial in (a, b):
-        asha.on_trial_add(None, trial)
-
-    def report(trial, epoch, dice, loss, best):
-        result = {"training_iteration": epoch, "val_dice": dice, "val_loss": loss,
-                  **({"best_val_dice": best} if with_best else {})}
-        return asha.on_trial_result(None, trial, result), result
-
-    report(a, 1, 0.5, 1.0, 0.5)
-    assert report(a, 2, 0.5, 1.0, 0.5)[0] == "CONTINUE"  # first at the rung
-    best = NAN
-    for epoch, (dice, loss) in enumerate(curve, start=1):
-        best = dice if not best >= dice else best  # a NaN best is replaced
-        decision, result = report(b, epoch, dice, loss, best)
-    assert decision == word
-    assert result["val_dice"] == curve[-1][0]  # what MLflow gets is the epoch's own value
-
-
-@pytest.mark.parametrize(("overrides", "folds", "message"), [
-    (["scheduler.type=hyperband", "scheduler.rung_metric=best"], 1, "rung_metric: best is for type: asha"),
-    (["scheduler.rung_metric=best"], 3, "scheduler.rung_metric: best is for one split"),
-])
-def test_rung_metric_best_outside_asha_on_one_split_is_refused_in_one_line(overrides, folds, message):
-    from hpsearch.errors import HpsearchError
-    from hpsearch.search.schedulers import scheduler_for
-    from hpsearch.spec import load_job
-
-    with pytest.raises(HpsearchError, match=message) as caught:
-        scheduler_for(load_job(DEMO, overrides), folds=folds)
-    assert "\n" not in str(caught.value)
 
 
 if __name__ == "__main__":

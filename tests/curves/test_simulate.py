@@ -12,7 +12,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 DEMO = Path(__file__).resolve().parents[2] / "jobs" / "demo.yaml"
@@ -44,16 +44,22 @@ def _child(work: Path) -> None:
 def test_an_interrupted_replay_raises_instead_of_returning_a_cut_search(spawn, tmp_path):
     child = spawn([sys.executable, __file__, tmp_path], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                   env={**os.environ, "RAY_AIR_NEW_OUTPUT": "0"})
-    lines = []
-    deadline = time.monotonic() + 120
-    for line in child.stdout:  # the first reported epoch: the search is under way
-        lines.append(line.strip())
-        if line.startswith("progress") or time.monotonic() > deadline:
-            break
-    assert any(line.startswith("progress") for line in lines), lines
+    lines: list[str] = []
+    under_way = threading.Event()  # the first reported epoch
+
+    def read():  # a thread, so a silent child cannot block the test past its deadlines
+        for line in child.stdout:
+            lines.append(line.strip())
+            if line.startswith("progress"):
+                under_way.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert under_way.wait(120), lines
     child.send_signal(signal.SIGINT)
-    out, _ = child.communicate(timeout=120)
-    assert "interrupted" in out and "returned as finished" not in out, out
+    child.wait(timeout=120)
+    reader.join(10)
+    assert "interrupted" in lines and "returned as finished" not in lines, lines
 
 
 if __name__ == "__main__":
